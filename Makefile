@@ -1,0 +1,51 @@
+# pdpool: the entry points. `make test` takes a fresh machine to green tests; `make demo` runs
+# the local rack demo.
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+CTEST_ARGS ?=
+
+.PHONY: all deps build test unit-test integration-test format bench demo demo-down cluster-up cluster-down clean
+
+all: build
+
+deps:
+	bash deploy/local/deps.sh
+
+$(BUILD_DIR)/build.ninja:
+	cmake -S . -B $(BUILD_DIR) -G Ninja
+
+build: $(BUILD_DIR)/build.ninja
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+# Everything: unit tests, then integration tests against a real local control plane.
+test: deps build
+	cd $(BUILD_DIR) && ctest --output-on-failure $(CTEST_ARGS)
+
+unit-test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -L unit $(CTEST_ARGS)
+
+integration-test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -L integration $(CTEST_ARGS)
+
+format:
+	find common controller agent tests bench -name '*.h' -o -name '*.cc' | xargs clang-format -i --style=file
+
+bench: deps build
+	bash bench/controller_scale.sh
+
+cluster-up: deps
+	bash deploy/local/cluster.sh up
+
+cluster-down:
+	bash deploy/local/cluster.sh down
+
+# Placeholder main job until the rack demo lands: local control plane, simulated GPU nodes,
+# the CRD, the controller and a sample pool.
+demo: deps build
+	bash deploy/local/demo.sh
+
+demo-down:
+	bash deploy/local/demo.sh down
+
+clean:
+	rm -rf $(BUILD_DIR)
