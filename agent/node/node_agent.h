@@ -1,0 +1,64 @@
+// NodeAgent: `pdpool-agent node` without the command line: turns the node flags into one
+// SimNodeOptions per simulated node (names, pod IP ranges, validation with errors that name
+// the flag) and runs those nodes in one process, sharing one KubeClient.
+// Thread-safe: Start and Stop from the owning thread.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/node/pod_runner.h"
+#include "agent/node/sim_node.h"
+#include "common/clock.h"
+#include "common/kube/kube_client.h"
+#include "common/status.h"
+
+namespace pdpool::agent {
+
+// The node subcommand's flags, as given.
+struct NodeAgentOptions {
+  // Node name. With count > 1: "<name>-0".."<name>-<count-1>", or, when it contains one
+  // printf integer conversion ("gb200-%02d"), that pattern applied to 0..count-1.
+  std::string name = "pdpool-node";
+  int count = 1;
+  int gpus = 4;
+  std::string clique = "nvl72-0";
+  std::string gpu_product = "NVIDIA-GB200";
+  std::vector<std::string> labels;  // "key=value"
+  std::string cpu = "64";
+  std::string memory = "512Gi";
+  int max_pods = 110;
+  std::string heartbeat_interval = "10s";
+  // Second octet of pod IPs: node i of this process gives its pods 127.<ip_prefix>.<i>.2-254.
+  // Agent processes sharing one machine need distinct values.
+  int ip_prefix = 1;
+};
+
+// Validates the flags and expands them into per-node options. Errors name the flag and limit.
+StatusOr<std::vector<SimNodeOptions>> ExpandNodeOptions(const NodeAgentOptions& options);
+
+// "10s", "500ms", "1m30s", "2h" (Go duration syntax, non-negative, no fractions).
+StatusOr<Duration> ParseDuration(std::string_view text);
+
+using PodRunnerFactory = std::function<std::unique_ptr<PodRunner>(const SimNodeOptions&)>;
+
+class NodeAgent {
+ public:
+  NodeAgent(kube::KubeClient* client, const Clock* clock, std::vector<SimNodeOptions> nodes,
+            const PodRunnerFactory& runner_factory);
+  ~NodeAgent();  // Stop()
+
+  void Start();
+  void Stop();
+
+  size_t size() const { return nodes_.size(); }
+  SimNode& node(size_t i) { return *nodes_[i]; }
+
+ private:
+  std::vector<std::unique_ptr<SimNode>> nodes_;
+};
+
+}  // namespace pdpool::agent

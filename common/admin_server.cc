@@ -1,0 +1,61 @@
+// AdminServer implementation on cpp-httplib.
+#include "common/admin_server.h"
+
+#include <httplib.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include "common/log.h"
+
+namespace pdpool {
+
+struct AdminServer::Impl {
+  httplib::Server server;
+};
+
+std::string SerializeMetrics(const prometheus::Registry& registry) {
+  return prometheus::TextSerializer().Serialize(registry.Collect());
+}
+
+AdminServer::AdminServer(Options options, std::shared_ptr<prometheus::Registry> registry)
+    : impl_(std::make_unique<Impl>()), options_(std::move(options)), registry_(std::move(registry)) {}
+
+AdminServer::~AdminServer() { Stop(); }
+
+Status AdminServer::Start() {
+  auto& s = impl_->server;
+  s.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
+    bool ok = options_.healthy();
+    res.status = ok ? 200 : 500;
+    res.set_content(ok ? "ok\n" : "unhealthy\n", "text/plain");
+  });
+  s.Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
+    bool ok = options_.ready();
+    res.status = ok ? 200 : 503;
+    res.set_content(ok ? "ok\n" : "not ready\n", "text/plain");
+  });
+  s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(registry_ ? SerializeMetrics(*registry_) : "", "text/plain; version=0.0.4");
+  });
+  if (options_.port == 0) {
+    port_ = s.bind_to_any_port(options_.host);
+    if (port_ <= 0) return Status::Unavailable("admin server: cannot bind " + options_.host);
+  } else {
+    if (!s.bind_to_port(options_.host, options_.port))
+      return Status::Unavailable("admin server: cannot bind " + options_.host + ":" +
+                                 std::to_string(options_.port));
+    port_ = options_.port;
+  }
+  thread_ = std::thread([this] { impl_->server.listen_after_bind(); });
+  LogInfo("admin server listening", {{"address", options_.host + ":" + std::to_string(port_)}});
+  return Status::Ok();
+}
+
+void AdminServer::Stop() {
+  if (thread_.joinable()) {
+    impl_->server.stop();
+    thread_.join();
+  }
+}
+
+}  // namespace pdpool

@@ -1,0 +1,55 @@
+// PoolReconciler: turns one InferencePool (by key, "namespace/name") into its children —
+// prefill and decode ReplicaSets (one per pod-template revision), the router Deployment and
+// Service — placed in one NVLink domain, and writes the pool's status. Level-triggered and
+// idempotent: it reads everything from the informer caches, so running it twice changes
+// nothing the second time. Thread-safe for different keys (the work queue never hands one
+// key to two workers).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "common/clock.h"
+#include "common/kube/event_recorder.h"
+#include "common/kube/informer.h"
+#include "common/kube/kube_client.h"
+#include "common/status.h"
+
+namespace pdpool::controller {
+
+// Read-only caches the reconciler reads from. Indexed by kPoolIndex ("namespace/pool").
+struct ClusterCaches {
+  kube::Informer* pools = nullptr;
+  kube::Informer* replica_sets = nullptr;
+  kube::Informer* deployments = nullptr;
+  kube::Informer* services = nullptr;
+  kube::Informer* pods = nullptr;
+  kube::Informer* nodes = nullptr;
+};
+
+inline constexpr char kPoolIndex[] = "pool";
+inline constexpr char kPoolLabel[] = "pdpool.dev/pool";
+inline constexpr char kRoleLabel[] = "pdpool.dev/role";
+// "namespace/pool" for objects labelled with a pool; used as the children caches' index.
+std::vector<std::string> PoolIndexValues(const Json& object);
+
+struct ReconcileResult {
+  Status status;             // not ok: requeue with backoff
+  Duration requeue_after{};  // > 0: check again later (e.g. waiting for capacity)
+  bool invalid_spec = false;
+};
+
+class PoolReconciler {
+ public:
+  PoolReconciler(kube::KubeClient* client, ClusterCaches caches, kube::EventRecorder* events,
+                 Clock* clock);
+  ReconcileResult Reconcile(const std::string& key);
+
+ private:
+  kube::KubeClient* client_;
+  ClusterCaches caches_;
+  kube::EventRecorder* events_;
+  Clock* clock_;
+};
+
+}  // namespace pdpool::controller

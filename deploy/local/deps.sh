@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# deps.sh — installs the Debian (bookworm) packages pdpool needs to build, test and run its local
+# control plane. Idempotent and fast when nothing is missing: it asks dpkg-query first and only
+# runs apt-get (update + install) for what is not installed. Runs as root, or through sudo.
+#
+# Usage: deploy/local/deps.sh        (also `make deps`)
+set -euo pipefail
+
+# Build: compiler, CMake/Ninja, libraries (see DESIGN.md "Dependencies").
+# Test services: etcd and the Go toolchain + rsync + reflect2 that deploy/local/cluster.sh needs
+# to build kube-apiserver & co. from Debian's source package; make drives that build.
+readonly PACKAGES=(
+  cmake ninja-build g++ make pkg-config
+  libyaml-cpp-dev prometheus-cpp-dev libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev
+  libcli11-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  etcd-server golang-go rsync golang-github-modern-go-reflect2-dev
+  clang-format openssl curl
+)
+
+log() { echo "deps.sh: $*" >&2; }
+fail() { log "error: $*"; exit 1; }
+
+as_root() {
+  if [[ $EUID -eq 0 ]]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else fail "need root to run: $* (not root, and no sudo)"; fi
+}
+
+# Prints the given packages that dpkg does not have installed (one dpkg-query call for all).
+not_installed() {
+  local have
+  have=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null | awk '$2 == "installed" {print $1}' || true)
+  local p
+  for p in "$@"; do grep -qxF "$p" <<<"$have" || echo "$p"; done
+}
+
+command -v dpkg-query >/dev/null || fail "dpkg-query not found: this script is for Debian/Ubuntu"
+
+mapfile -t missing < <(not_installed "${PACKAGES[@]}")
+# kubectl: normally on the image (/usr/bin/kubectl); Debian's kubernetes-client is the fallback.
+if ! command -v kubectl >/dev/null; then missing+=(kubernetes-client); fi
+
+if ((${#missing[@]} == 0)); then
+  log "all dependencies are installed"
+  exit 0
+fi
+
+log "installing: ${missing[*]}"
+as_root apt-get update -q || fail "step 'apt-get update' failed"
+as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+  "${missing[@]}" || fail "step 'apt-get install ${missing[*]}' failed"
+
+mapfile -t still < <(not_installed "${missing[@]}")
+((${#still[@]} == 0)) || fail "step 'verify' failed: still not installed: ${still[*]}"
+command -v kubectl >/dev/null || fail "step 'verify' failed: kubectl not on PATH"
+log "installed: ${missing[*]}"

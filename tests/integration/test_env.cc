@@ -1,0 +1,296 @@
+// TestEnv implementation.
+#include "tests/integration/test_env.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "common/kube/http_kube_client.h"
+#include "common/kube/kubeconfig.h"
+
+extern char** environ;
+
+namespace pdpool::testing {
+namespace {
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+std::string Tail(const std::string& path, size_t max_bytes) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  return s.size() > max_bytes ? s.substr(s.size() - max_bytes) : s;
+}
+
+std::string Lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+}  // namespace
+
+ChildProcess::~ChildProcess() {
+  if (!reaped_) Stop(std::chrono::seconds(5));
+}
+
+bool ChildProcess::Running() {
+  if (reaped_) return false;
+  int status = 0;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    reaped_ = true;
+    status_ = status;
+    return false;
+  }
+  return true;
+}
+
+int ChildProcess::Stop(Duration grace) {
+  if (!reaped_) {
+    kill(pid_, SIGTERM);
+    auto deadline = std::chrono::steady_clock::now() + grace;
+    while (Running() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (Running()) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status_, 0);
+      reaped_ = true;
+    }
+  }
+  if (WIFEXITED(status_)) return WEXITSTATUS(status_);
+  if (WIFSIGNALED(status_)) return -WTERMSIG(status_);
+  return -1;
+}
+
+void ChildProcess::Kill() {
+  if (reaped_) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, &status_, 0);
+  reaped_ = true;
+}
+
+TestEnv::TestEnv() {
+  kubeconfig_ = Env("PDPOOL_KUBECONFIG");
+  source_dir_ = Env("PDPOOL_SOURCE_DIR");
+  build_dir_ = Env("PDPOOL_BUILD_DIR");
+  if (kubeconfig_.empty() || !std::filesystem::exists(kubeconfig_)) {
+    ADD_FAILURE() << "PDPOOL_KUBECONFIG is not set or missing (" << kubeconfig_
+                  << "): run integration tests through ctest, which starts the local control "
+                     "plane (deploy/local/cluster.sh) as the kube_cluster fixture";
+    return;
+  }
+  auto config = kube::LoadKubeConfigFile(kubeconfig_);
+  if (!config.ok()) {
+    ADD_FAILURE() << config.status().ToString();
+    return;
+  }
+  auto client = kube::NewHttpKubeClient(*config);
+  if (!client.ok()) {
+    ADD_FAILURE() << client.status().ToString();
+    return;
+  }
+  client_ = std::move(client).value();
+
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string test_name = info ? Lower(std::string(info->name())) : "test";
+  std::string clean;
+  for (char c : test_name) clean.push_back(std::isalnum(static_cast<unsigned char>(c)) ? c : '-');
+  if (clean.size() > 40) clean.resize(40);
+  std::mt19937 rng(std::random_device{}());
+  namespace_ = "it-" + clean + "-" + std::to_string(rng() % 100000);
+  log_dir_ = build_dir_ + "/test-logs/" + namespace_;
+  std::filesystem::create_directories(log_dir_);
+  Json ns = {{"apiVersion", "v1"}, {"kind", "Namespace"}, {"metadata", {{"name", namespace_}}}};
+  auto created = client_->Create(kube::kNamespaces, "", ns);
+  if (!created.ok()) ADD_FAILURE() << "create namespace: " << created.status().ToString();
+}
+
+TestEnv::~TestEnv() {
+  // Controllers first (so they stop recreating things), then clean the namespace while the
+  // node agents still run, then the agents.
+  for (auto& c : children_)
+    if (c->name().rfind("controller", 0) == 0) c->Stop();
+  if (client_) {
+    kube::DeleteOptions fg;
+    (void)client_->Delete(kube::kNamespaces, "", namespace_, fg);
+    // Pods of a deleted namespace would stay Terminating (holding GPUs in the next test's
+    // placement) once the node agents are gone: remove them now.
+    auto pods = client_->List(kube::kPods, namespace_);
+    if (pods.ok()) {
+      for (const auto& p : (*pods)["items"]) {
+        kube::DeleteOptions now;
+        now.grace_period_seconds = 0;
+        (void)client_->Delete(kube::kPods, namespace_, p["metadata"].value("name", ""), now);
+      }
+    }
+  }
+  for (auto& c : children_) c->Stop();
+  children_.clear();
+}
+
+std::string TestEnv::SourcePath(const std::string& relative) const {
+  return source_dir_ + "/" + relative;
+}
+std::string TestEnv::BuildPath(const std::string& relative) const {
+  return build_dir_ + "/" + relative;
+}
+
+CommandResult TestEnv::Kubectl(const std::string& args, const std::string& stdin_text) {
+  std::string input_file;
+  std::string cmd = "kubectl --kubeconfig '" + kubeconfig_ + "' " + args;
+  if (!stdin_text.empty()) {
+    input_file = log_dir_ + "/stdin-" + std::to_string(std::rand()) + ".yaml";
+    std::ofstream(input_file) << stdin_text;
+    cmd += " < '" + input_file + "'";
+  }
+  cmd += " 2>&1";
+  CommandResult r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
+  int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  if (!input_file.empty()) std::filesystem::remove(input_file);
+  return r;
+}
+
+void TestEnv::InstallCrd() {
+  auto r = Kubectl("apply -f '" + SourcePath("crds/inferencepools.pdpool.dev.yaml") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = Kubectl("wait --for condition=established --timeout=60s crd/inferencepools.pdpool.dev");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+}
+
+ChildProcess* TestEnv::Start(const std::string& name, const std::string& binary,
+                             const std::vector<std::string>& args) {
+  std::string log_path = log_dir_ + "/" + name + ".log";
+  std::vector<std::string> argv_s = {binary};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    ADD_FAILURE() << "spawn " << binary << ": " << strerror(rc);
+    return nullptr;
+  }
+  children_.push_back(std::make_unique<ChildProcess>(name, pid, log_path));
+  return children_.back().get();
+}
+
+ChildProcess* TestEnv::StartNodes(const std::string& prefix, int count, int gpus,
+                                  const std::string& clique) {
+  return Start("nodes-" + prefix, BuildPath("pdpool-agent"),
+               {"node", "--kubeconfig", kubeconfig_, "--name", prefix, "--count",
+                std::to_string(count), "--gpus", std::to_string(gpus), "--clique", clique,
+                "--heartbeat-interval", "5s"});
+}
+
+ChildProcess* TestEnv::StartController(const std::string& identity,
+                                       const std::vector<std::string>& extra_args) {
+  std::vector<std::string> args = {"--kubeconfig", kubeconfig_,
+                                   "--namespace", namespace_,
+                                   "--leader-election-namespace", namespace_,
+                                   "--identity", identity,
+                                   "--metrics-bind-address", "127.0.0.1",
+                                   "--metrics-port", "0"};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  return Start("controller-" + identity, BuildPath("pdpool-controller"), args);
+}
+
+void TestEnv::WaitForNodes(const std::string& prefix, int count) {
+  bool ok = WaitFor(
+      [&] {
+        int ready = 0;
+        for (int i = 0; i < count; i++) {
+          auto node = client_->Get(kube::kNodes, "", prefix + "-" + std::to_string(i));
+          if (!node.ok()) return false;
+          if (ConditionStatus((*node), "Ready") == "True" &&
+              JsonGet<std::string>(*node, "/status/allocatable/nvidia.com~1gpu", "") != "" &&
+              JsonGet<Json>(*node, "/spec/taints", Json::array()).empty())
+            ready++;
+        }
+        return ready == count;
+      },
+      std::chrono::seconds(60));
+  ASSERT_TRUE(ok) << "nodes " << prefix << "-* not Ready\n" << ChildLogs();
+}
+
+bool TestEnv::WaitFor(const std::function<bool()>& condition, Duration timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    if (condition()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+Json TestEnv::GetPool(const std::string& name) {
+  auto pool = client_->Get(kube::kInferencePools, namespace_, name);
+  return pool.ok() ? *pool : Json();
+}
+
+std::vector<Json> TestEnv::ListReplicaSets(const std::string& pool, const std::string& role) {
+  kube::ListOptions lo;
+  lo.label_selector = "pdpool.dev/pool=" + pool + ",pdpool.dev/role=" + role;
+  auto list = client_->List(kube::kReplicaSets, namespace_, lo);
+  std::vector<Json> out;
+  if (list.ok())
+    for (auto& item : (*list)["items"]) out.push_back(item);
+  return out;
+}
+
+std::vector<Json> TestEnv::ListPods(const std::string& label_selector) {
+  kube::ListOptions lo;
+  lo.label_selector = label_selector;
+  auto list = client_->List(kube::kPods, namespace_, lo);
+  std::vector<Json> out;
+  if (list.ok())
+    for (auto& item : (*list)["items"]) out.push_back(item);
+  return out;
+}
+
+std::string TestEnv::ConditionStatus(const Json& object, const std::string& type) {
+  for (const auto& c : JsonGet<Json>(object, "/status/conditions", Json::array()))
+    if (c.value("type", "") == type) return c.value("status", "");
+  return "";
+}
+
+std::string TestEnv::ConditionReason(const Json& object, const std::string& type) {
+  for (const auto& c : JsonGet<Json>(object, "/status/conditions", Json::array()))
+    if (c.value("type", "") == type) return c.value("reason", "");
+  return "";
+}
+
+std::string TestEnv::ChildLogs(size_t max_bytes_each) {
+  std::string out;
+  for (auto& c : children_)
+    out += "----- " + c->name() + " (" + c->log_path() + ")\n" + Tail(c->log_path(), max_bytes_each) + "\n";
+  return out;
+}
+
+}  // namespace pdpool::testing

@@ -1,0 +1,96 @@
+// TestEnv: what integration tests need around the real local control plane started by the
+// kube_cluster ctest fixture (deploy/local/cluster.sh): a client, a fresh namespace per test,
+// kubectl, child processes (controller, simulated nodes) that are stopped at teardown, and
+// waiting on conditions with deadlines. Not thread-safe; one per test.
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/kube/kube_client.h"
+
+namespace pdpool::testing {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+class ChildProcess {
+ public:
+  ChildProcess(std::string name, pid_t pid, std::string log_path)
+      : name_(std::move(name)), pid_(pid), log_path_(std::move(log_path)) {}
+  ~ChildProcess();
+  const std::string& name() const { return name_; }
+  pid_t pid() const { return pid_; }
+  const std::string& log_path() const { return log_path_; }
+  bool Running();
+  // SIGTERM, then SIGKILL after `grace`; returns the exit status (or -signal).
+  int Stop(Duration grace = std::chrono::seconds(10));
+  // SIGKILL: a crash.
+  void Kill();
+
+ private:
+  std::string name_;
+  pid_t pid_;
+  std::string log_path_;
+  bool reaped_ = false;
+  int status_ = 0;
+};
+
+class TestEnv {
+ public:
+  // Skips nothing: fails loudly if the fixture's kubeconfig is missing.
+  TestEnv();
+  ~TestEnv();
+
+  kube::KubeClient& client() { return *client_; }
+  const std::string& kubeconfig() const { return kubeconfig_; }
+  const std::string& ns() const { return namespace_; }
+  std::string SourcePath(const std::string& relative) const;
+  std::string BuildPath(const std::string& relative) const;
+
+  CommandResult Kubectl(const std::string& args, const std::string& stdin_text = "");
+  // Applies the CRD from crds/ and waits until it is established.
+  void InstallCrd();
+
+  // Starts a binary from the build directory with args; its output goes to a log file.
+  ChildProcess* Start(const std::string& name, const std::string& binary,
+                      const std::vector<std::string>& args);
+  // pdpool-agent node --count n --gpus g --clique domain, names <prefix>-<i>.
+  ChildProcess* StartNodes(const std::string& prefix, int count, int gpus,
+                           const std::string& clique);
+  // pdpool-controller with leader election in the test namespace and its own lease name.
+  ChildProcess* StartController(const std::string& identity,
+                                const std::vector<std::string>& extra_args = {});
+  // Waits until the named nodes report Ready with their GPUs.
+  void WaitForNodes(const std::string& prefix, int count);
+
+  // Polls `condition` (every 100 ms) until true or the deadline passes; false on timeout.
+  static bool WaitFor(const std::function<bool()>& condition, Duration timeout);
+
+  // Shortcuts over the client (namespace = this test's).
+  Json GetPool(const std::string& name);
+  std::vector<Json> ListReplicaSets(const std::string& pool, const std::string& role);
+  std::vector<Json> ListPods(const std::string& label_selector);
+  static std::string ConditionStatus(const Json& object, const std::string& type);
+  static std::string ConditionReason(const Json& object, const std::string& type);
+  // Log tail of every child process, for failure messages.
+  std::string ChildLogs(size_t max_bytes_each = 4000);
+
+ private:
+  std::string kubeconfig_;
+  std::string source_dir_;
+  std::string build_dir_;
+  std::string namespace_;
+  std::string log_dir_;
+  std::unique_ptr<kube::KubeClient> client_;
+  std::vector<std::unique_ptr<ChildProcess>> children_;
+};
+
+}  // namespace pdpool::testing
