@@ -42,7 +42,7 @@ cluster-down:
 # Placeholder main job until the rack demo lands: local control plane, simulated GPU nodes,
 # the CRD, the controller and a sample pool.
 demo: deps build
-	bash deploy/local/demo.sh
+	bash deploy/local/demo.sh up $(if $(KEEP),--keep,)
 
 demo-down:
 	bash deploy/local/demo.sh down

@@ -10,8 +10,10 @@
 //   - List/Watch with label selectors (=, ==, !=, exists, !exists, in, notin) and field
 //     selectors (metadata.name, metadata.namespace; for pods also spec.nodeName, status.phase
 //     and a few more); List pagination with limit/continue;
-//   - Patch: merge (RFC 7386), JSON patch (RFC 6902), apply (treated as a merge patch; creates
-//     a missing object) and strategic (approximated by a merge patch);
+//   - Patch: merge (RFC 7386), JSON patch (RFC 6902; a patch that does not apply, a failed
+//     "test" op included, is InvalidArgument like the server's 422), apply (treated as a merge
+//     patch; creates a missing object) and strategic (approximated by a merge patch); a
+//     resourceVersion or uid in the patch is a precondition (Conflict);
 //   - Watch replays the retained event history after the requested resourceVersion (Gone when
 //     it is older than the retained window, see CompactHistory/SetHistoryLimit); an empty or
 //     "0" version starts with synthetic ADDED events for the current objects. With selectors,
