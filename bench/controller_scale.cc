@@ -116,7 +116,7 @@ struct Flags {
   bool leader_elect = true;
   std::vector<std::string> controller_args;
   std::string controller_log;
-  double timeout_s = 300;
+  double timeout_s = 180;
   bool wait_ready = false;
   double ready_timeout_s = 600;
   double settle_s = 5;
@@ -778,6 +778,12 @@ struct Report {
   }
 };
 
+int TotalEvents(const std::map<std::string, int>& by_reason) {
+  int n = 0;
+  for (const auto& [reason, count] : by_reason) n += count;
+  return n;
+}
+
 double NearestRank(std::vector<double> v, double q) {
   if (v.empty()) return kNaN;
   std::sort(v.begin(), v.end());
@@ -790,7 +796,28 @@ double NearestRank(std::vector<double> v, double q) {
 struct ControllerLog {
   std::map<std::string, double> first_ts_ms;
   std::map<std::string, int> problems;  // msg of level=warn|error lines → count
+  std::map<std::string, int> errors;    // their error= values, digits folded to N → count
 };
+
+// The error="..." of a log line with every digit run replaced by N, so that the same failure
+// of different pools counts as one.
+std::string FoldedError(const std::string& line) {
+  size_t at = line.find(" error=\"");
+  if (at == std::string::npos) return "";
+  at += 8;
+  std::string out;
+  for (size_t i = at; i < line.size() && line[i] != '"'; i++) {
+    if (line[i] == '\\' && i + 1 < line.size()) {
+      out += line[++i];
+    } else if (std::isdigit(static_cast<unsigned char>(line[i]))) {
+      while (i + 1 < line.size() && std::isdigit(static_cast<unsigned char>(line[i + 1]))) i++;
+      out += 'N';
+    } else {
+      out += line[i];
+    }
+  }
+  return out.size() > 240 ? out.substr(0, 240) + "..." : out;
+}
 
 double ParseLogTs(const std::string& line) {
   if (line.rfind("ts=", 0) != 0 || line.size() < 27) return kNaN;
@@ -818,8 +845,11 @@ ControllerLog ReadControllerLog(const std::string& path) {
     std::string msg = LogMsg(line);
     if (msg.empty()) continue;
     if (!out.first_ts_ms.count(msg)) out.first_ts_ms[msg] = ParseLogTs(line);
-    if (line.find(" level=warn ") != std::string::npos || line.find(" level=error ") != std::string::npos)
+    if (line.find(" level=warn ") != std::string::npos ||
+        line.find(" level=error ") != std::string::npos) {
       out.problems[msg]++;
+      if (std::string e = FoldedError(line); !e.empty()) out.errors[e]++;
+    }
   }
   return out;
 }
@@ -1140,6 +1170,10 @@ int Bench::Run() {
     report_.rows.push_back({"reconcile p99 (controller histogram)", "ms", kNaN, 50.0, true, "metrics scrape failed"});
     report_.complete = false;
   }
+  const int events_at_convergence = TotalEvents(PoolTracker::CountEvents(client_.get(), f_.ns));
+  report_.rows.push_back({"Events written by the controller until converged", "",
+                          static_cast<double>(events_at_convergence), kNaN, true,
+                          "of the " + std::to_string(4 * f_.pools) + " its creations record"});
   report_.rows.push_back({"controller VmRSS after convergence", "MB", mem_converged.rss_mb, 64.0});
   report_.rows.push_back({"controller VmHWM (peak RSS)", "MB", mem_converged.hwm_mb, 64.0});
   AddCpuRows("converging", cpu_start, cpu_converged);
@@ -1191,6 +1225,7 @@ int Bench::Run() {
       Cleanup();
       return 130;
     }
+    const int events_before = TotalEvents(PoolTracker::CountEvents(client_.get(), f_.ns));
     const ControllerMetricsScrape idle_before = ScrapeController(metrics_port);
     const CpuSample a = SampleCpu(tracked_);
     if (!SleepSeconds(f_.idle_s)) {
@@ -1199,13 +1234,15 @@ int Bench::Run() {
     }
     const CpuSample b = SampleCpu(tracked_);
     const ControllerMetricsScrape idle_after = ScrapeController(metrics_port);
+    const int events_after = TotalEvents(PoolTracker::CountEvents(client_.get(), f_.ns));
     double pct = kNaN;
     for (const auto& [name, p] : CpuPercent(a, b))
       if (name == "controller") pct = p;
     Row idle{"controller idle CPU (" + Fmt(f_.idle_s, 0) + " s window, " + Fmt(f_.settle_s, 0) + " s after convergence)",
              "% of a core", pct, 0.5};
     if (idle_before.ok && idle_after.ok)
-      idle.note = Fmt(idle_after.Reconciles() - idle_before.Reconciles(), 0) + " reconciles in the window";
+      idle.note = Fmt(idle_after.Reconciles() - idle_before.Reconciles(), 0) + " reconciles, " +
+                  std::to_string(events_after - events_before) + " Events written in the window";
     report_.rows.push_back(idle);
     AddCpuRows("idle", a, b);
     report_.rows.push_back({"controller VmRSS after idle window", "MB", ProcessMemory(controller_.pid()).rss_mb, 64.0});
@@ -1297,7 +1334,7 @@ int Bench::Run() {
       total += n;
       by_reason += (by_reason.empty() ? "" : ", ") + reason + " " + std::to_string(n);
     }
-    report_.rows.push_back({"Events written by the controller", "", static_cast<double>(total), kNaN, true, by_reason});
+    report_.rows.push_back({"Events written by the controller, whole run", "", static_cast<double>(total), kNaN, true, by_reason});
   }
   const bool still_running = controller_.Running();
   const auto stop_start = Steady::now();
@@ -1309,6 +1346,13 @@ int Bench::Run() {
   const ControllerLog log = ReadControllerLog(f_.controller_log);
   for (const auto& [msg, n] : log.problems)
     report_.notes.push_back("controller log: " + std::to_string(n) + "x warn/error \"" + msg + "\"");
+  {
+    std::vector<std::pair<int, std::string>> errors;
+    for (const auto& [e, n] : log.errors) errors.emplace_back(n, e);
+    std::sort(errors.rbegin(), errors.rend());
+    for (size_t i = 0; i < errors.size() && i < 3; i++)
+      report_.notes.push_back("controller log: " + std::to_string(errors[i].first) + "x error=\"" + errors[i].second + "\"");
+  }
   report_.notes.push_back("reconcile quantiles are interpolated within the controller's histogram buckets "
                           "(le 1, 2.5, 5, 10, 25, 50, 100, 250 ms, ...) as Prometheus' histogram_quantile does; "
                           "spec-change quantiles are nearest-rank over the samples");

@@ -124,12 +124,26 @@ if [[ ! -f $BUILD_DIR/build.ninja && ! -f $BUILD_DIR/Makefile ]]; then
 fi
 log "building controller_scale, pdpool-controller, pdpool-agent"
 cmake --build "$BUILD_DIR" -j "$(nproc)" --target controller_scale pdpool-controller pdpool-agent >&2
-mkdir -p "$(dirname "$JSON_OUT")" "$CLUSTER_DIR"
+mkdir -p "$(dirname "$JSON_OUT")" "$CLUSTER_DIR/bin"
+# Run private copies: other people's builds in the same build dir relink these binaries, and a
+# binary being relinked cannot be executed.
+for b in controller_scale pdpool-controller pdpool-agent; do
+  for ((i = 0; ; i++)); do
+    cp -f "$BUILD_DIR/$b" "$CLUSTER_DIR/bin/$b.tmp" && mv -f "$CLUSTER_DIR/bin/$b.tmp" "$CLUSTER_DIR/bin/$b" &&
+      "$CLUSTER_DIR/bin/$b" --help >/dev/null 2>&1 && break
+    ((i < 10)) || die "cannot copy a working $BUILD_DIR/$b"
+    sleep 2
+  done
+done
+BIN_DIR="$CLUSTER_DIR/bin"
 
 # ---------------------------------------------------------------------------------------------
 # Cluster
 # ---------------------------------------------------------------------------------------------
 KUBECONFIG_PATH=""
+# cluster.sh's Service range is a /24 (253 ClusterIPs) and every pool has a router Service:
+# widen it for the bench (for a repeated flag the API server takes the last one).
+export PDPOOL_APISERVER_ARGS="${PDPOOL_APISERVER_ARGS:-} --service-cluster-ip-range=10.0.0.0/16"
 cluster_up() {
   log "bringing up a fresh cluster in $CLUSTER_DIR (the first time this may wait for the Kubernetes build)"
   CLUSTER_STARTED=1
@@ -169,13 +183,14 @@ cluster_down() {
 # ---------------------------------------------------------------------------------------------
 RESULTS=()
 FAILED=0
-BIN="$BUILD_DIR/controller_scale"
+BIN="$BIN_DIR/controller_scale"
 
 for scenario in ${SCENARIOS//,/ }; do
   cluster_up
   json="$CLUSTER_DIR/result-$scenario.json"
   rm -f "$json"
   args=(--kubeconfig "$KUBECONFIG_PATH" --cluster-dir "$CLUSTER_DIR" --json "$json" --keep-namespace
+        --controller-binary "$BIN_DIR/pdpool-controller"
         --controller-log "$CLUSTER_DIR/logs/controller-$scenario.log")
   case $scenario in
     controller)
@@ -190,7 +205,7 @@ for scenario in ${SCENARIOS//,/ }; do
       nodes=$(((gpus + 7) / 8))
       ((nodes <= 256)) || die "--worker-pools $WORKER_POOLS needs $nodes simulated nodes (> 256)"
       log "starting $nodes simulated nodes with 8 GPUs each (NVLink domain bench-nvl)"
-      "$BUILD_DIR/pdpool-agent" node --kubeconfig "$KUBECONFIG_PATH" --name bench-node \
+      "$BIN_DIR/pdpool-agent" node --kubeconfig "$KUBECONFIG_PATH" --name bench-node \
         --count "$nodes" --gpus 8 --clique bench-nvl >"$CLUSTER_DIR/logs/agent-nodes.log" 2>&1 &
       AGENT_PID=$!
       for ((i = 0; ; i++)); do

@@ -3,8 +3,10 @@
 // third-party header is part of pdpool's interfaces.
 #pragma once
 
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 namespace pdpool {
 
@@ -21,6 +23,31 @@ T JsonGet(const Json& doc, const char* pointer, T fallback) {
   } catch (...) {
     return fallback;
   }
+}
+
+// Child `key` of `obj` when obj is an object holding it (and it is not null), else nullptr.
+inline const Json* JsonChild(const Json& obj, std::string_view key) {
+  if (!obj.is_object()) return nullptr;
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+// The value at a path of object keys, or nullptr. Unlike JSON pointers, keys need no
+// escaping ("nvidia.com/gpu").
+inline const Json* JsonPath(const Json& obj, std::initializer_list<std::string_view> keys) {
+  const Json* cur = &obj;
+  for (std::string_view k : keys) {
+    cur = JsonChild(*cur, k);
+    if (cur == nullptr) return nullptr;
+  }
+  return cur;
+}
+
+// The string at a path, or "" when absent or not a string.
+inline std::string JsonStringAt(const Json& obj, std::initializer_list<std::string_view> keys) {
+  const Json* v = JsonPath(obj, keys);
+  return v != nullptr && v->is_string() ? v->get<std::string>() : std::string();
 }
 
 }  // namespace pdpool

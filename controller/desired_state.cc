@@ -15,36 +15,16 @@ namespace {
 
 using namespace wellknown;
 
-const Json* Child(const Json& obj, std::string_view key) {
-  if (!obj.is_object()) return nullptr;
-  auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-
-const Json* Path(const Json& obj, std::initializer_list<std::string_view> keys) {
-  const Json* cur = &obj;
-  for (std::string_view k : keys) {
-    cur = Child(*cur, k);
-    if (cur == nullptr) return nullptr;
-  }
-  return cur;
-}
-
-std::string StringAt(const Json& obj, std::initializer_list<std::string_view> keys) {
-  const Json* v = Path(obj, keys);
-  return v != nullptr && v->is_string() ? v->get<std::string>() : std::string();
-}
 
 int64_t IntAt(const Json& obj, std::initializer_list<std::string_view> keys, int64_t fallback) {
-  const Json* v = Path(obj, keys);
+  const Json* v = JsonPath(obj, keys);
   if (v == nullptr || !v->is_number_integer()) return fallback;
   return v->get<int64_t>();
 }
 
 // Object at `key`, or an empty object (never throws, never null).
 Json ObjectAt(const Json& obj, std::initializer_list<std::string_view> keys) {
-  const Json* v = Path(obj, keys);
+  const Json* v = JsonPath(obj, keys);
   return v != nullptr && v->is_object() ? *v : Json::object();
 }
 
@@ -98,7 +78,7 @@ Json MergePatch(const Json& target, const Json& patch) {
   return result;
 }
 
-std::string NameOf(const Json& item) { return StringAt(item, {"name"}); }
+std::string NameOf(const Json& item) { return JsonStringAt(item, {"name"}); }
 
 // Lists of named items: an override entry with a name already in `base` is combined with it by
 // `merge`; others are appended (merge-patched onto nothing, which drops their nulls).
@@ -263,7 +243,7 @@ Json RouterDeployment(const PoolIdentity& id, const PoolSpec& spec) {
       {"livenessProbe", HttpProbe("/healthz", 10, 3)},
   };
   Json pod_spec = {{"containers", Json::array({container})}, {"terminationGracePeriodSeconds", 30}};
-  if (const Json* secrets = Path(spec.template_overrides, {"spec", "imagePullSecrets"});
+  if (const Json* secrets = JsonPath(spec.template_overrides, {"spec", "imagePullSecrets"});
       secrets != nullptr && secrets->is_array()) {
     pod_spec["imagePullSecrets"] = *secrets;
   }
@@ -332,9 +312,9 @@ void MergeMap(Json* object, const Json& desired, std::string_view field) {
 }
 
 bool HasOwnerRefs(const Json& existing, const Json& desired) {
-  const Json* want = Path(desired, {"metadata", "ownerReferences"});
+  const Json* want = JsonPath(desired, {"metadata", "ownerReferences"});
   if (want == nullptr || !want->is_array()) return true;
-  const Json* have = Path(existing, {"metadata", "ownerReferences"});
+  const Json* have = JsonPath(existing, {"metadata", "ownerReferences"});
   for (const Json& ref : *want) {
     bool found = false;
     if (have != nullptr && have->is_array()) {
@@ -352,15 +332,15 @@ bool HasOwnerRefs(const Json& existing, const Json& desired) {
 
 // Replaces the references with desired's uids by desired's, keeping everyone else's.
 void MergeOwnerRefs(Json* object, const Json& desired) {
-  const Json* want = Path(desired, {"metadata", "ownerReferences"});
+  const Json* want = JsonPath(desired, {"metadata", "ownerReferences"});
   if (want == nullptr || !want->is_array()) return;
   Json refs = Json::array();
-  if (const Json* have = Path(*object, {"metadata", "ownerReferences"});
+  if (const Json* have = JsonPath(*object, {"metadata", "ownerReferences"});
       have != nullptr && have->is_array()) {
     for (const Json& h : *have) {
-      const std::string uid = StringAt(h, {"uid"});
+      const std::string uid = JsonStringAt(h, {"uid"});
       const bool replaced = std::any_of(want->begin(), want->end(),
-                                        [&](const Json& w) { return StringAt(w, {"uid"}) == uid; });
+                                        [&](const Json& w) { return JsonStringAt(w, {"uid"}) == uid; });
       if (!replaced) refs.push_back(h);
     }
   }
@@ -409,9 +389,9 @@ std::string_view WorkerRoleName(WorkerRole role) {
 
 StatusOr<PoolIdentity> ReadPoolIdentity(const Json& pool) {
   PoolIdentity id;
-  id.name = StringAt(pool, {"metadata", "name"});
-  id.namespace_name = StringAt(pool, {"metadata", "namespace"});
-  id.uid = StringAt(pool, {"metadata", "uid"});
+  id.name = JsonStringAt(pool, {"metadata", "name"});
+  id.namespace_name = JsonStringAt(pool, {"metadata", "namespace"});
+  id.uid = JsonStringAt(pool, {"metadata", "uid"});
   id.generation = IntAt(pool, {"metadata", "generation"}, 0);
   if (id.name.empty()) return Status::InvalidArgument("metadata.name: missing");
   if (id.namespace_name.empty()) return Status::InvalidArgument("metadata.namespace: missing");
@@ -518,8 +498,8 @@ StatusOr<DesiredObjects> BuildDesiredObjects(const Json& pool, const PoolSpec& s
 
 ReplicaSetState ReadReplicaSetState(const Json& replica_set) {
   ReplicaSetState s;
-  s.name = StringAt(replica_set, {"metadata", "name"});
-  s.creation_timestamp = StringAt(replica_set, {"metadata", "creationTimestamp"});
+  s.name = JsonStringAt(replica_set, {"metadata", "name"});
+  s.creation_timestamp = JsonStringAt(replica_set, {"metadata", "creationTimestamp"});
   s.replicas =
       static_cast<int32_t>(std::max<int64_t>(0, IntAt(replica_set, {"spec", "replicas"}, 1)));
   s.ready_replicas = static_cast<int32_t>(
@@ -557,12 +537,12 @@ RolloutPlan PlanRollout(int32_t desired, const std::optional<ReplicaSetState>& c
 }
 
 std::string ControllerUid(const Json& object) {
-  const Json* refs = Path(object, {"metadata", "ownerReferences"});
+  const Json* refs = JsonPath(object, {"metadata", "ownerReferences"});
   if (refs == nullptr || !refs->is_array()) return "";
   for (const Json& ref : *refs) {
-    const Json* controller = Child(ref, "controller");
+    const Json* controller = JsonChild(ref, "controller");
     if (controller != nullptr && controller->is_boolean() && controller->get<bool>()) {
-      return StringAt(ref, {"uid"});
+      return JsonStringAt(ref, {"uid"});
     }
   }
   return "";
@@ -573,9 +553,9 @@ RoleReplicaSets SplitReplicaSets(const std::vector<Json>& replica_sets, std::str
   RoleReplicaSets out;
   for (const Json& rs : replica_sets) {
     if (pool_uid.empty() || ControllerUid(rs) != pool_uid) continue;
-    if (StringAt(rs, {"metadata", "labels", kRoleLabel}) != WorkerRoleName(role)) continue;
+    if (JsonStringAt(rs, {"metadata", "labels", kRoleLabel}) != WorkerRoleName(role)) continue;
     if (!out.current.has_value() && !current_hash.empty() &&
-        StringAt(rs, {"metadata", "labels", kTemplateHashLabel}) == current_hash) {
+        JsonStringAt(rs, {"metadata", "labels", kTemplateHashLabel}) == current_hash) {
       out.current = rs;
     } else {
       out.old.push_back(rs);
@@ -619,11 +599,11 @@ std::optional<ObjectUpdate> DeploymentUpdate(const Json& existing, const Json& d
   CompareMetadata(existing, desired, &update);
   CompareReplicas(existing, desired, &update);
   const std::string want_hash =
-      StringAt(desired, {"metadata", "annotations", kTemplateHashAnnotation});
+      JsonStringAt(desired, {"metadata", "annotations", kTemplateHashAnnotation});
   const std::string have_hash =
-      StringAt(existing, {"metadata", "annotations", kTemplateHashAnnotation});
-  const Json* want_template = Path(desired, {"spec", "template"});
-  const Json* have_template = Path(existing, {"spec", "template"});
+      JsonStringAt(existing, {"metadata", "annotations", kTemplateHashAnnotation});
+  const Json* want_template = JsonPath(desired, {"spec", "template"});
+  const Json* have_template = JsonPath(existing, {"spec", "template"});
   if (want_template != nullptr && (want_hash != have_hash || have_template == nullptr ||
                                    !JsonContains(*have_template, *want_template))) {
     update.changed_fields.push_back("spec.template");
@@ -641,9 +621,9 @@ std::optional<ObjectUpdate> ServiceUpdate(const Json& existing, const Json& desi
   // Only the fields pdpool sets: clusterIP, clusterIPs, ipFamilies, sessionAffinity... stay
   // as the API server assigned them.
   for (const char* field : {"type", "selector", "ports"}) {
-    const Json* want = Path(desired, {"spec", field});
+    const Json* want = JsonPath(desired, {"spec", field});
     if (want == nullptr) continue;
-    const Json* have = Path(existing, {"spec", field});
+    const Json* have = JsonPath(existing, {"spec", field});
     // Selectors must match exactly: an extra key would select fewer pods.
     const bool same =
         have != nullptr &&

@@ -13,30 +13,9 @@ namespace {
 
 using namespace wellknown;
 
-// Child `key` of `obj` when obj is an object holding it (and it is not null), else nullptr.
-const Json* Child(const Json& obj, std::string_view key) {
-  if (!obj.is_object()) return nullptr;
-  auto it = obj.find(key);
-  if (it == obj.end() || it->is_null()) return nullptr;
-  return &*it;
-}
-
-const Json* Path(const Json& obj, std::initializer_list<std::string_view> keys) {
-  const Json* cur = &obj;
-  for (std::string_view k : keys) {
-    cur = Child(*cur, k);
-    if (cur == nullptr) return nullptr;
-  }
-  return cur;
-}
-
-std::string StringAt(const Json& obj, std::initializer_list<std::string_view> keys) {
-  const Json* v = Path(obj, keys);
-  return v != nullptr && v->is_string() ? v->get<std::string>() : std::string();
-}
 
 bool BoolAt(const Json& obj, std::initializer_list<std::string_view> keys) {
-  const Json* v = Path(obj, keys);
+  const Json* v = JsonPath(obj, keys);
   return v != nullptr && v->is_boolean() && v->get<bool>();
 }
 
@@ -50,41 +29,41 @@ int64_t WholeUnits(const Json* quantity, bool round_up) {
 
 int64_t ContainerGpus(const Json& container) {
   // For extended resources requests default to limits, and must equal them when both are set.
-  if (const Json* r = Path(container, {"resources", "requests", kGpuResource})) {
+  if (const Json* r = JsonPath(container, {"resources", "requests", kGpuResource})) {
     return WholeUnits(r, /*round_up=*/true);
   }
-  return WholeUnits(Path(container, {"resources", "limits", kGpuResource}), /*round_up=*/true);
+  return WholeUnits(JsonPath(container, {"resources", "limits", kGpuResource}), /*round_up=*/true);
 }
 
 bool NodeReady(const Json& node) {
-  const Json* conditions = Path(node, {"status", "conditions"});
+  const Json* conditions = JsonPath(node, {"status", "conditions"});
   if (conditions == nullptr || !conditions->is_array()) return false;
   for (const Json& c : *conditions) {
-    if (StringAt(c, {"type"}) == "Ready") return StringAt(c, {"status"}) == "True";
+    if (JsonStringAt(c, {"type"}) == "Ready") return JsonStringAt(c, {"status"}) == "True";
   }
   return false;
 }
 
 // Kubernetes toleration semantics (v1.Toleration.ToleratesTaint).
 bool Tolerates(const Json& toleration, const Json& taint) {
-  const std::string effect = StringAt(toleration, {"effect"});
-  if (!effect.empty() && effect != StringAt(taint, {"effect"})) return false;
-  const std::string key = StringAt(toleration, {"key"});
-  std::string op = StringAt(toleration, {"operator"});
+  const std::string effect = JsonStringAt(toleration, {"effect"});
+  if (!effect.empty() && effect != JsonStringAt(taint, {"effect"})) return false;
+  const std::string key = JsonStringAt(toleration, {"key"});
+  std::string op = JsonStringAt(toleration, {"operator"});
   if (op.empty()) op = "Equal";
-  if (op == "Exists") return key.empty() || key == StringAt(taint, {"key"});
+  if (op == "Exists") return key.empty() || key == JsonStringAt(taint, {"key"});
   if (op == "Equal") {
-    return !key.empty() && key == StringAt(taint, {"key"}) &&
-           StringAt(toleration, {"value"}) == StringAt(taint, {"value"});
+    return !key.empty() && key == JsonStringAt(taint, {"key"}) &&
+           JsonStringAt(toleration, {"value"}) == JsonStringAt(taint, {"value"});
   }
   return false;
 }
 
 bool TaintsTolerated(const Json& node, const Json& tolerations) {
-  const Json* taints = Path(node, {"spec", "taints"});
+  const Json* taints = JsonPath(node, {"spec", "taints"});
   if (taints == nullptr || !taints->is_array()) return true;
   for (const Json& taint : *taints) {
-    const std::string effect = StringAt(taint, {"effect"});
+    const std::string effect = JsonStringAt(taint, {"effect"});
     if (effect != "NoSchedule" && effect != "NoExecute") continue;  // PreferNoSchedule is fine
     bool tolerated = false;
     if (tolerations.is_array()) {
@@ -286,18 +265,28 @@ bool ParseQuantityMilli(const Json& quantity, int64_t* milli) {
 
 int64_t PodGpuRequest(const Json& pod) {
   int64_t sum = 0;
-  if (const Json* containers = Path(pod, {"spec", "containers"});
+  if (const Json* containers = JsonPath(pod, {"spec", "containers"});
       containers && containers->is_array()) {
     for (const Json& c : *containers) sum += ContainerGpus(c);
   }
   int64_t init_max = 0;
-  if (const Json* init = Path(pod, {"spec", "initContainers"}); init && init->is_array()) {
+  if (const Json* init = JsonPath(pod, {"spec", "initContainers"}); init && init->is_array()) {
     for (const Json& c : *init) init_max = std::max(init_max, ContainerGpus(c));
   }
   return std::max(sum, init_max);
 }
 
 PlacementResult ChoosePlacement(const std::vector<Json>& nodes, const std::vector<Json>& pods,
+                                const PlacementRequest& request) {
+  std::vector<const Json*> node_ptrs;
+  std::vector<const Json*> pod_ptrs;
+  for (const Json& n : nodes) node_ptrs.push_back(&n);
+  for (const Json& p : pods) pod_ptrs.push_back(&p);
+  return ChoosePlacement(node_ptrs, pod_ptrs, request);
+}
+
+PlacementResult ChoosePlacement(const std::vector<const Json*>& nodes,
+                                const std::vector<const Json*>& pods,
                                 const PlacementRequest& request) {
   PlacementResult result;
   result.gpus_needed = request.TotalGpus();
@@ -307,10 +296,11 @@ PlacementResult ChoosePlacement(const std::vector<Json>& nodes, const std::vecto
   // Usable GPU nodes by name, and which domain each belongs to ("" when unlabelled).
   std::map<std::string, DomainCapacity> by_domain;
   std::map<std::string, std::pair<std::string, NodeCapacity>> usable;
-  for (const Json& node : nodes) {
-    const std::string name = StringAt(node, {"metadata", "name"});
+  for (const Json* node_ptr : nodes) {
+    const Json& node = *node_ptr;
+    const std::string name = JsonStringAt(node, {"metadata", "name"});
     if (name.empty()) continue;
-    const std::string domain = StringAt(node, {"metadata", "labels", request.topology_key});
+    const std::string domain = JsonStringAt(node, {"metadata", "labels", request.topology_key});
     if (!domain.empty()) by_domain[domain].name = domain;
     const bool ok = NodeReady(node) && !BoolAt(node, {"spec", "unschedulable"}) &&
                     TaintsTolerated(node, request.tolerations);
@@ -319,21 +309,22 @@ PlacementResult ChoosePlacement(const std::vector<Json>& nodes, const std::vecto
       continue;
     }
     const int64_t gpus =
-        WholeUnits(Path(node, {"status", "allocatable", kGpuResource}), /*round_up=*/false);
+        WholeUnits(JsonPath(node, {"status", "allocatable", kGpuResource}), /*round_up=*/false);
     if (gpus <= 0) continue;
     usable[name] = {domain, NodeCapacity{name, gpus, 0}};
   }
 
-  for (const Json& pod : pods) {
-    const std::string node_name = StringAt(pod, {"spec", "nodeName"});
+  for (const Json* pod_ptr : pods) {
+    const Json& pod = *pod_ptr;
+    const std::string node_name = JsonStringAt(pod, {"spec", "nodeName"});
     if (node_name.empty()) continue;  // unbound: holds no node's GPUs yet
     auto it = usable.find(node_name);
     if (it == usable.end()) continue;
-    const std::string phase = StringAt(pod, {"status", "phase"});
+    const std::string phase = JsonStringAt(pod, {"status", "phase"});
     if (phase == "Succeeded" || phase == "Failed") continue;
     if (!request.pool_name.empty() &&
-        StringAt(pod, {"metadata", "namespace"}) == request.pool_namespace &&
-        StringAt(pod, {"metadata", "labels", kPoolLabel}) == request.pool_name) {
+        JsonStringAt(pod, {"metadata", "namespace"}) == request.pool_namespace &&
+        JsonStringAt(pod, {"metadata", "labels", kPoolLabel}) == request.pool_name) {
       continue;  // ours: being placed, so its GPUs count as available
     }
     it->second.second.used_gpus += PodGpuRequest(pod);

@@ -106,6 +106,10 @@ struct PlacementResult {
 // free GPUs (best fit; ties by name).
 PlacementResult ChoosePlacement(const std::vector<Json>& nodes, const std::vector<Json>& pods,
                                 const PlacementRequest& request);
+// The same over borrowed objects (the informer caches' snapshots), without copying them.
+PlacementResult ChoosePlacement(const std::vector<const Json*>& nodes,
+                                const std::vector<const Json*>& pods,
+                                const PlacementRequest& request);
 
 // The pod-template `affinity` for workers pinned to `domain`: Required → a
 // requiredDuringSchedulingIgnoredDuringExecution node selector term `key In [domain]`;

@@ -22,8 +22,21 @@ std::vector<Json> Snapshot(const std::vector<kube::ObjectPtr>& objects) {
   return out;
 }
 
+std::vector<const Json*> Borrow(const std::vector<kube::ObjectPtr>& objects) {
+  std::vector<const Json*> out;
+  out.reserve(objects.size());
+  for (const auto& o : objects) out.push_back(o.get());
+  return out;
+}
+
 int32_t StatusInt(const Json& object, const char* pointer) {
   return JsonGet<int32_t>(object, pointer, 0);
+}
+
+std::string Join(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : ",") + p;
+  return out;
 }
 
 std::string JoinErrors(const std::vector<SpecError>& errors) {
@@ -74,6 +87,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     status["observedGeneration"] = generation;
     status["conditions"] = conditions;
     if (status == old_status) return Status::Ok();
+    LogDebug("writing status", {{"pool", key}, {"old", old_status.dump()}, {"new", status.dump()}});
     Json patch = {{"status", status}};
     kube::PatchOptions po;
     po.subresource = "status";
@@ -117,8 +131,9 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
   PlacementRequest request = MakePlacementRequest(
       sized, ns, identity->name, current_domain,
       JsonGet<Json>(spec.template_overrides, "/spec/tolerations", Json::array()));
-  PlacementResult placement = ChoosePlacement(Snapshot(caches_.nodes->List()),
-                                              Snapshot(caches_.pods->List()), request);
+  const std::vector<kube::ObjectPtr> nodes = caches_.nodes->List();
+  const std::vector<kube::ObjectPtr> pods = caches_.pods->List();
+  PlacementResult placement = ChoosePlacement(Borrow(nodes), Borrow(pods), request);
   std::string domain = placement.domain;
   bool create_workers = true;
   if (!placement.fits && policy != TopologyPolicy::kNone) {
@@ -168,7 +183,11 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     std::vector<ReplicaSetState> old_states;
     for (const auto& o : sets.old) old_states.push_back(ReadReplicaSetState(o));
     RolloutPlan plan = PlanRollout(desired, current_state, old_states);
-    outcome.rolled_out = plan.complete;
+    // Rolled out when no older revision still has pods; readiness is tracked separately.
+    outcome.rolled_out = true;
+    for (const auto& o : sets.old)
+      if (JsonGet<int32_t>(o, "/spec/replicas", 0) > 0 || StatusInt(o, "/status/replicas") > 0)
+        outcome.rolled_out = false;
 
     (*desired_rs)["spec"]["replicas"] = plan.new_replicas;
     const std::string rs_name = JsonGet<std::string>(*desired_rs, "/metadata/name", "");
@@ -183,6 +202,8 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
                                        {"replicas", plan.new_replicas}});
       }
     } else if (auto update = ReplicaSetUpdate(*sets.current, *desired_rs)) {
+      LogDebug("updating replicaset", {{"pool", key}, {"replicaset", rs_name},
+                                       {"fields", Join(update->changed_fields)}});
       int32_t before = JsonGet<int32_t>(*sets.current, "/spec/replicas", 0);
       auto updated = client_->Update(kube::kReplicaSets, update->object);
       if (!updated.ok()) return {updated.status()};
@@ -247,6 +268,8 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
       router_ready = StatusInt(*existing, "/status/readyReplicas");
       router_replicas = StatusInt(*existing, "/status/replicas");
       if (auto update = DeploymentUpdate(*existing, *desired_dep)) {
+        LogInfo("updating deployment", {{"pool", key}, {"deployment", dep_name},
+                                        {"fields", Join(update->changed_fields)}});
         auto updated = client_->Update(kube::kDeployments, update->object);
         if (!updated.ok()) return {updated.status()};
       }
@@ -262,6 +285,8 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
         events_->Record(pool, "Normal", "CreatedService", "Created router Service " + svc_name);
     } else if (ControllerUid(*svc) == identity->uid) {
       if (auto update = ServiceUpdate(*svc, *desired_svc)) {
+        LogInfo("updating service", {{"pool", key}, {"service", svc_name},
+                                     {"fields", Join(update->changed_fields)}});
         auto updated = client_->Update(kube::kServices, update->object);
         if (!updated.ok()) return {updated.status()};
       }
@@ -286,8 +311,12 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
       SetCondition(&conditions, "Ready", kConditionFalse, "InsufficientCapacity", message, generation, now);
     events_->Record(pool, "Warning", "InsufficientCapacity", message);
   } else {
-    SetCondition(&conditions, "Degraded", kConditionFalse, "AsExpected",
-                 placement.message.empty() ? "placed" : placement.message, generation, now);
+    // A stable message: free-GPU counts change with other pools and would rewrite status.
+    std::string message = domain.empty()
+                              ? "workers not pinned to an NVLink domain (topology policy None)"
+                              : "workers placed in NVLink domain " + domain + " (" +
+                                    std::to_string(sized.TotalGpus()) + " GPUs)";
+    SetCondition(&conditions, "Degraded", kConditionFalse, "AsExpected", message, generation, now);
   }
   if (all_ready && rolled_out) {
     std::ostringstream msg;

@@ -229,6 +229,11 @@ class HttpKubeClient final : public KubeClient {
     if (cancel) {
       httplib::ClientImpl* raw = client.get();
       cancel_id = cancel->Register([raw] { raw->stop(); });
+      // stop() before the connection opens has no effect: check once more after registering.
+      if (cancel->cancelled()) {
+        cancel->Unregister(cancel_id);
+        return Status::Cancelled(what + ": cancelled");
+      }
     }
     std::string buffer;
     Status stream_status;

@@ -128,10 +128,10 @@ StatusOr<std::string> Informer::ListAndReplace() {
       updates.emplace_back(old, obj);
     }
     resource_version_ = rv;
+    list_count_++;
     synced_ = true;
   }
   synced_cv_.notify_all();
-  list_count_++;
   for (const auto& obj : deletes)
     for (auto& h : handlers_)
       if (h.on_delete) h.on_delete(obj);
