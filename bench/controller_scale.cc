@@ -40,6 +40,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <limits>
 #include <map>
@@ -121,6 +122,7 @@ struct Flags {
   double ready_timeout_s = 600;
   double settle_s = 5;
   double idle_s = 30;
+  double quiet_timeout_s = 180;  // 0: skip the second idle window
   int spec_changes = 100;
   double spec_change_rate = 5;
   double spec_change_timeout_s = 30;
@@ -393,9 +395,80 @@ std::optional<std::string> HttpGet(int port, const std::string& path) {
 // Controller metrics
 // ---------------------------------------------------------------------------------------------
 
+// One scrape in the Prometheus text format, as (name, labels, value) samples.
+struct Sample {
+  std::string name;
+  std::string labels;  // `{a="b",...}` or ""
+  double value;
+};
+using Buckets = std::vector<std::pair<double, double>>;  // (le, cumulative count), +Inf last
+
+// Value of label `name` in a `{a="b",c="d"}` block; "" when absent.
+std::string LabelValue(const std::string& labels, const std::string& name) {
+  std::string key = "," + name + "=\"";
+  std::string padded = labels.empty() ? "" : "," + labels.substr(1);
+  size_t at = padded.find(key);
+  if (at == std::string::npos) return "";
+  at += key.size();
+  return padded.substr(at, padded.find('"', at) - at);
+}
+
+std::vector<Sample> ParseSamples(const std::string& text) {
+  std::vector<Sample> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    size_t brace = line.find('{');
+    size_t close = brace == std::string::npos ? std::string::npos : line.find('}', brace);
+    size_t value_at = line.find(' ', close == std::string::npos ? 0 : close);
+    if (value_at == std::string::npos) continue;
+    Sample smp;
+    smp.name = line.substr(0, std::min(brace, line.find(' ')));
+    if (close != std::string::npos) smp.labels = line.substr(brace, close - brace + 1);
+    try {
+      smp.value = std::stod(line.substr(value_at + 1));
+    } catch (...) {
+      continue;
+    }
+    out.push_back(std::move(smp));
+  }
+  return out;
+}
+
+// The histogram `name` summed over the series whose labels pass `keep`.
+Buckets SumHistogram(const std::vector<Sample>& samples, const std::string& name,
+                     const std::function<bool(const std::string&)>& keep = nullptr) {
+  std::map<double, double> by_le;
+  const std::string bucket = name + "_bucket";
+  for (const auto& smp : samples) {
+    if (smp.name != bucket || (keep && !keep(smp.labels))) continue;
+    std::string le = LabelValue(smp.labels, "le");
+    double bound = le == "+Inf" ? std::numeric_limits<double>::infinity() : std::strtod(le.c_str(), nullptr);
+    by_le[bound] += smp.value;
+  }
+  return Buckets(by_le.begin(), by_le.end());
+}
+
+double SumValues(const std::vector<Sample>& samples, const std::string& name,
+                 const std::function<bool(const std::string&)>& keep = nullptr) {
+  double sum = 0;
+  for (const auto& smp : samples)
+    if (smp.name == name && (!keep || keep(smp.labels))) sum += smp.value;
+  return sum;
+}
+
+// after − before, bucket by bucket (both from SumHistogram of the same series).
+Buckets Delta(const Buckets& after, const Buckets& before) {
+  Buckets out = after;
+  for (auto& [le, count] : out)
+    for (const auto& [ble, bcount] : before)
+      if (ble == le) count -= bcount;
+  return out;
+}
+
 struct ControllerMetricsScrape {
   bool ok = false;
-  std::vector<std::pair<double, double>> buckets;  // (le, cumulative count), +Inf last
+  Buckets buckets;
   double sum = 0;
   double count = 0;
   std::map<std::string, double> reconciles;  // result → count
@@ -407,45 +480,16 @@ struct ControllerMetricsScrape {
   }
 };
 
-// Value of label `name` in a `{a="b",c="d"}` block; "" when absent.
-std::string LabelValue(const std::string& labels, const std::string& name) {
-  std::string key = name + "=\"";
-  size_t at = labels.find(key);
-  if (at == std::string::npos) return "";
-  at += key.size();
-  return labels.substr(at, labels.find('"', at) - at);
-}
-
 ControllerMetricsScrape ParseMetrics(const std::string& text) {
   ControllerMetricsScrape m;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    if (line.empty() || line[0] == '#') continue;
-    size_t brace = line.find('{');
-    size_t space = line.rfind(' ');
-    if (space == std::string::npos) continue;
-    std::string name = line.substr(0, std::min(brace, line.find(' ')));
-    std::string labels = brace != std::string::npos ? line.substr(brace, line.find('}') - brace + 1) : "";
-    double value = 0;
-    try {
-      value = std::stod(line.substr(space + 1));
-    } catch (...) {
-      continue;
-    }
-    if (name == "pdpool_controller_reconcile_seconds_bucket") {
-      std::string le = LabelValue(labels, "le");
-      double bound = le == "+Inf" ? std::numeric_limits<double>::infinity() : std::stod(le);
-      m.buckets.emplace_back(bound, value);
-      m.ok = true;
-    } else if (name == "pdpool_controller_reconcile_seconds_sum") {
-      m.sum = value;
-    } else if (name == "pdpool_controller_reconcile_seconds_count") {
-      m.count = value;
-    } else if (name == "pdpool_controller_reconcile_total") {
-      m.reconciles[LabelValue(labels, "result")] = value;
-    }
-  }
-  std::sort(m.buckets.begin(), m.buckets.end());
+  auto samples = ParseSamples(text);
+  m.buckets = SumHistogram(samples, "pdpool_controller_reconcile_seconds");
+  m.ok = !m.buckets.empty();
+  m.sum = SumValues(samples, "pdpool_controller_reconcile_seconds_sum");
+  m.count = SumValues(samples, "pdpool_controller_reconcile_seconds_count");
+  for (const auto& smp : samples)
+    if (smp.name == "pdpool_controller_reconcile_total")
+      m.reconciles[LabelValue(smp.labels, "result")] += smp.value;
   return m;
 }
 
@@ -478,6 +522,67 @@ ControllerMetricsScrape ScrapeController(int port) {
     if (!SleepFor(std::chrono::milliseconds(200))) break;
   }
   return {};
+}
+
+// The control plane's own view of the load, to tell where the time goes: the API server's
+// request counters and latencies (through `kubectl get --raw /metrics`, which handles the
+// authentication) and etcd's disk latencies (plain HTTP on loopback).
+struct ControlPlaneScrape {
+  bool api_ok = false;
+  bool etcd_ok = false;
+  std::map<std::string, double> writes;  // "resource[/subresource] VERB" → requests
+  Buckets write_latency;                 // apiserver_request_duration_seconds of writes
+  double write_latency_sum = 0;
+  Buckets wal_fsync;                     // etcd_disk_wal_fsync_duration_seconds
+  Buckets backend_commit;                // etcd_disk_backend_commit_duration_seconds
+
+  double Writes() const {
+    double n = 0;
+    for (const auto& [k, v] : writes) n += v;
+    return n;
+  }
+};
+
+bool IsWriteVerb(const std::string& labels) {
+  std::string verb = LabelValue(labels, "verb");
+  return verb == "POST" || verb == "PUT" || verb == "PATCH" || verb == "DELETE" || verb == "APPLY";
+}
+
+std::optional<std::string> RunCommand(const std::string& cmd) {
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return std::nullopt;
+  std::string out;
+  char buf[65536];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+  return pclose(pipe) == 0 ? std::optional<std::string>(out) : std::nullopt;
+}
+
+ControlPlaneScrape ScrapeControlPlane(const std::string& kubeconfig, int etcd_port) {
+  ControlPlaneScrape c;
+  std::string cmd = "kubectl";
+  if (!kubeconfig.empty()) cmd += " --kubeconfig '" + kubeconfig + "'";
+  cmd += " get --raw /metrics 2>/dev/null";
+  if (auto text = RunCommand(cmd)) {
+    auto samples = ParseSamples(*text);
+    for (const auto& smp : samples) {
+      if (smp.name != "apiserver_request_total" || !IsWriteVerb(smp.labels)) continue;
+      std::string key = LabelValue(smp.labels, "resource");
+      if (std::string sub = LabelValue(smp.labels, "subresource"); !sub.empty()) key += "/" + sub;
+      c.writes[key + " " + LabelValue(smp.labels, "verb")] += smp.value;
+    }
+    c.write_latency = SumHistogram(samples, "apiserver_request_duration_seconds", IsWriteVerb);
+    c.write_latency_sum = SumValues(samples, "apiserver_request_duration_seconds_sum", IsWriteVerb);
+    c.api_ok = !c.write_latency.empty();
+  }
+  if (etcd_port > 0) {
+    if (auto text = HttpGet(etcd_port, "/metrics")) {
+      auto samples = ParseSamples(*text);
+      c.wal_fsync = SumHistogram(samples, "etcd_disk_wal_fsync_duration_seconds");
+      c.backend_commit = SumHistogram(samples, "etcd_disk_backend_commit_duration_seconds");
+      c.etcd_ok = !c.wal_fsync.empty();
+    }
+  }
+  return c;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -906,6 +1011,8 @@ class Bench {
   bool CreatePools();
   void Cleanup();
   void AddCpuRows(const std::string& phase, const CpuSample& a, const CpuSample& b);
+  void AddControlPlaneRows(const ControlPlaneScrape& a, const ControlPlaneScrape& b, double apiserver_cpu_s);
+  int EtcdPort() const;
 
   Flags f_;
   std::unique_ptr<kube::KubeClient> client_;
@@ -962,6 +1069,48 @@ void Bench::AddCpuRows(const std::string& phase, const CpuSample& a, const CpuSa
   }
   report_.notes.push_back(s.str());
   report_.config["cpu_percent_" + phase] = j;
+}
+
+int Bench::EtcdPort() const {
+  if (f_.cluster_dir.empty()) return -1;
+  std::istringstream in(ReadFile(f_.cluster_dir + "/cluster.env"));
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("ETCD_PORT=", 0) == 0) return std::atoi(line.c_str() + 10);
+  return -1;
+}
+
+void Bench::AddControlPlaneRows(const ControlPlaneScrape& a, const ControlPlaneScrape& b,
+                                double apiserver_cpu_s) {
+  if (a.api_ok && b.api_ok) {
+    std::vector<std::pair<double, std::string>> by_kind;
+    for (const auto& [k, v] : b.writes) {
+      auto it = a.writes.find(k);
+      double d = v - (it == a.writes.end() ? 0 : it->second);
+      if (d > 0) by_kind.emplace_back(d, k);
+    }
+    std::sort(by_kind.rbegin(), by_kind.rend());
+    std::string top;
+    for (size_t i = 0; i < by_kind.size() && i < 8; i++)
+      top += (top.empty() ? "" : ", ") + by_kind[i].second + " " + Fmt(by_kind[i].first, 0);
+    const double writes = b.Writes() - a.Writes();
+    report_.rows.push_back({"API writes while converging (all clients)", "", writes, kNaN, true, top});
+    Buckets lat = Delta(b.write_latency, a.write_latency);
+    if (!lat.empty() && lat.back().second > 0) {
+      report_.rows.push_back({"  API server write latency, mean", "ms",
+                              1000 * (b.write_latency_sum - a.write_latency_sum) / lat.back().second});
+      report_.rows.push_back({"  API server write latency, p99", "ms", 1000 * HistogramQuantile(0.99, lat)});
+    }
+    if (writes > 0 && !std::isnan(apiserver_cpu_s))
+      report_.rows.push_back({"  kube-apiserver CPU per write (all its CPU / writes)", "ms", 1000 * apiserver_cpu_s / writes});
+  } else {
+    report_.notes.push_back("API server metrics not read (kubectl get --raw /metrics failed)");
+  }
+  if (a.etcd_ok && b.etcd_ok) {
+    report_.rows.push_back({"  etcd WAL fsync p99 while converging", "ms",
+                            1000 * HistogramQuantile(0.99, Delta(b.wal_fsync, a.wal_fsync))});
+    report_.rows.push_back({"  etcd backend commit p99 while converging", "ms",
+                            1000 * HistogramQuantile(0.99, Delta(b.backend_commit, a.backend_commit))});
+  }
 }
 
 void Bench::Cleanup() {
@@ -1096,6 +1245,7 @@ int Bench::Run() {
                     {"create_seconds", create_seconds_}};
   report_.header.push_back("controller: " + cmdline);
 
+  const ControlPlaneScrape cp_start = ScrapeControlPlane(f_.kubeconfig, EtcdPort());
   CpuSample cpu_start = SampleCpu(tracked_);
   const double start_wall_ms = WallMs();
   const SteadyTime start = Steady::now();
@@ -1136,6 +1286,7 @@ int Bench::Run() {
   const CpuSample cpu_converged = SampleCpu(tracked_);
   const ControllerMetricsScrape at_convergence = ScrapeController(metrics_port);
   const Memory mem_converged = ProcessMemory(controller_.pid());
+  const ControlPlaneScrape cp_converged = ScrapeControlPlane(f_.kubeconfig, EtcdPort());
   const double converge_s = converged ? Seconds(*progress.all_reconciled - start) : kNaN;
   std::cerr << "controller_scale: "
             << (converged ? "all pools reconciled after " + Fmt(converge_s, 2) + " s"
@@ -1189,6 +1340,8 @@ int Bench::Run() {
     if (!std::isnan(cpu_converged.machine) && wall > 0)
       report_.rows.push_back({"machine CPU while converging", "% of " + std::to_string(nproc) + " cores",
                               100.0 * (cpu_converged.machine - cpu_start.machine) / wall / static_cast<double>(nproc)});
+    double api_cpu = api != cpu_converged.process.end() && api0 != cpu_start.process.end() ? api->second - api0->second : kNaN;
+    AddControlPlaneRows(cp_start, cp_converged, api_cpu);
   }
 
   // 3b. Worker scenario: until every pool is Ready with all its workers.
@@ -1238,7 +1391,7 @@ int Bench::Run() {
     double pct = kNaN;
     for (const auto& [name, p] : CpuPercent(a, b))
       if (name == "controller") pct = p;
-    Row idle{"controller idle CPU (" + Fmt(f_.idle_s, 0) + " s window, " + Fmt(f_.settle_s, 0) + " s after convergence)",
+    Row idle{"controller idle CPU (" + Fmt(f_.idle_s, 0) + " s window from " + Fmt(f_.settle_s, 0) + " s after convergence)",
              "% of a core", pct, 0.5};
     if (idle_before.ok && idle_after.ok)
       idle.note = Fmt(idle_after.Reconciles() - idle_before.Reconciles(), 0) + " reconciles, " +
@@ -1249,6 +1402,54 @@ int Bench::Run() {
   } else {
     report_.rows.push_back({"controller idle CPU", "% of a core", kNaN, 0.5, true, "not measured (no convergence)"});
     report_.complete = false;
+  }
+
+  // 4b. Idle CPU once the system has caught up: right after convergence the controller still
+  // writes its queued Events and reconciles on the children's status updates that
+  // kube-controller-manager makes at its own pace. Quiet: no reconcile and no new Event over
+  // two 5 s checks.
+  if (converged && controller_.Running() && f_.quiet_timeout_s > 0) {
+    std::cerr << "controller_scale: waiting for the controller to go quiet (up to " << Fmt(f_.quiet_timeout_s, 0) << " s)\n";
+    const SteadyTime wait_start = Steady::now();
+    double last_reconciles = -1;
+    int last_events = -1, unchanged = 0;
+    bool quiet = false;
+    while (Seconds(Steady::now() - wait_start) < f_.quiet_timeout_s) {
+      const ControllerMetricsScrape m = ScrapeController(metrics_port);
+      const int events = TotalEvents(PoolTracker::CountEvents(client_.get(), f_.ns));
+      unchanged = m.ok && m.Reconciles() == last_reconciles && events == last_events ? unchanged + 1 : 0;
+      last_reconciles = m.ok ? m.Reconciles() : -1;
+      last_events = events;
+      if (unchanged >= 2) {
+        quiet = true;
+        break;
+      }
+      if (!SleepFor(std::chrono::seconds(5))) {
+        Cleanup();
+        return 130;
+      }
+    }
+    const double quiet_after = Seconds(Steady::now() - (converged ? *progress.all_reconciled : start));
+    if (quiet) {
+      const CpuSample a = SampleCpu(tracked_);
+      if (!SleepSeconds(f_.idle_s)) {
+        Cleanup();
+        return 130;
+      }
+      const CpuSample b = SampleCpu(tracked_);
+      const ControllerMetricsScrape after = ScrapeController(metrics_port);
+      double pct = kNaN;
+      for (const auto& [name, p] : CpuPercent(a, b))
+        if (name == "controller") pct = p;
+      Row idle{"controller idle CPU once quiet (" + Fmt(f_.idle_s, 0) + " s window)", "% of a core", pct, 0.5};
+      idle.note = "quiet " + Fmt(quiet_after, 0) + " s after convergence";
+      if (after.ok) idle.note += ", " + Fmt(after.Reconciles() - last_reconciles, 0) + " reconciles in the window";
+      report_.rows.push_back(idle);
+      AddCpuRows("idle_quiet", a, b);
+    } else {
+      report_.rows.push_back({"controller idle CPU once quiet", "% of a core", kNaN, 0.5, true,
+                              "still reconciling or writing Events " + Fmt(quiet_after, 0) + " s after convergence"});
+    }
   }
 
   // 5. Spec-change latency.
@@ -1403,6 +1604,7 @@ int main(int argc, char** argv) {
   app.add_option("--ready-timeout", f.ready_timeout_s, "seconds from controller start to wait for Ready")->capture_default_str();
   app.add_option("--settle", f.settle_s, "seconds between convergence and the idle window")->capture_default_str();
   app.add_option("--idle-seconds", f.idle_s, "idle CPU window, seconds")->capture_default_str();
+  app.add_option("--quiet-timeout", f.quiet_timeout_s, "seconds to wait for the controller to go quiet for the second idle window (0: skip it)")->capture_default_str();
   app.add_option("--spec-changes", f.spec_changes, "pools whose spec.prefill.replicas is patched (0: skip)")->capture_default_str();
   app.add_option("--spec-change-rate", f.spec_change_rate, "patches per second, sent one after another")->capture_default_str();
   app.add_option("--spec-change-timeout", f.spec_change_timeout_s, "seconds to wait after the last patch")->capture_default_str();

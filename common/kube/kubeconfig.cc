@@ -45,12 +45,13 @@ std::string ResolvePath(const std::string& base_dir, const std::string& p) {
   return (std::filesystem::path(base_dir) / p).string();
 }
 
+// Undefined (falsy) when absent; a default-constructed YAML::Node is a defined Null.
 YAML::Node FindNamed(const YAML::Node& list, const std::string& name, const char* inner) {
-  if (!list || !list.IsSequence()) return {};
+  if (!list || !list.IsSequence()) return YAML::Node(YAML::NodeType::Undefined);
   for (const auto& item : list) {
     if (item["name"] && item["name"].as<std::string>() == name) return item[inner];
   }
-  return {};
+  return YAML::Node(YAML::NodeType::Undefined);
 }
 
 std::string Str(const YAML::Node& n, const char* key) {

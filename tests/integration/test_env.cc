@@ -25,9 +25,9 @@ extern char** environ;
 namespace pdpool::testing {
 namespace {
 
-std::string Env(const char* name) {
+std::string Env(const char* name, const char* fallback) {
   const char* v = std::getenv(name);
-  return v ? v : "";
+  return v && *v ? v : fallback;
 }
 
 std::string Tail(const std::string& path, size_t max_bytes) {
@@ -86,11 +86,11 @@ void ChildProcess::Kill() {
 }
 
 TestEnv::TestEnv() {
-  kubeconfig_ = Env("PDPOOL_KUBECONFIG");
-  source_dir_ = Env("PDPOOL_SOURCE_DIR");
-  build_dir_ = Env("PDPOOL_BUILD_DIR");
+  kubeconfig_ = Env("PDPOOL_KUBECONFIG", PDPOOL_DEFAULT_KUBECONFIG);
+  source_dir_ = Env("PDPOOL_SOURCE_DIR", PDPOOL_DEFAULT_SOURCE_DIR);
+  build_dir_ = Env("PDPOOL_BUILD_DIR", PDPOOL_DEFAULT_BUILD_DIR);
   if (kubeconfig_.empty() || !std::filesystem::exists(kubeconfig_)) {
-    ADD_FAILURE() << "PDPOOL_KUBECONFIG is not set or missing (" << kubeconfig_
+    ADD_FAILURE() << "no kubeconfig at " << kubeconfig_
                   << "): run integration tests through ctest, which starts the local control "
                      "plane (deploy/local/cluster.sh) as the kube_cluster fixture";
     return;

@@ -4,17 +4,7 @@
 // ERROR events, cancel).
 //
 // cpp-httplib's Request/Response layouts depend on the options libcpp-httplib was built with;
-// they come from `pkg-config cpp-httplib --cflags` (PkgConfig::HTTPLIB). Until the test target
-// links that, match them here so the server below agrees with the library about its types.
-#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
-#define CPPHTTPLIB_OPENSSL_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_ZLIB_SUPPORT
-#define CPPHTTPLIB_ZLIB_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_BROTLI_SUPPORT
-#define CPPHTTPLIB_BROTLI_SUPPORT
-#endif
+// the test target gets them from `pkg-config cpp-httplib --cflags` (PkgConfig::HTTPLIB).
 #include "common/kube/http_kube_client.h"
 
 #include <gtest/gtest.h>

@@ -216,6 +216,27 @@ users:
       << config.status().ToString();
 }
 
+TEST_F(KubeConfigTest, ContextNamingAMissingClusterIsAnErrorNamingIt) {
+  std::string path = Write("config", R"(apiVersion: v1
+kind: Config
+current-context: c
+clusters:
+- name: other
+  cluster: {server: "https://127.0.0.1:6443"}
+contexts:
+- name: c
+  context: {cluster: typo-cluster, user: u}
+users:
+- name: u
+  user: {token: t}
+)");
+  auto config = LoadKubeConfigFile(path);
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(config.status().message().find("typo-cluster"), std::string::npos)
+      << config.status().ToString();
+}
+
 TEST_F(KubeConfigTest, MissingFileIsNotFoundNamingThePath) {
   const std::string path = dir_ + "/no-such-kubeconfig";
   auto config = LoadKubeConfigFile(path);
