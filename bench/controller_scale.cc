@@ -16,6 +16,7 @@
 // not), 1 when it could not run (no API server, no CRD, the controller died), 130 on SIGINT.
 // bench/controller_scale.sh runs it on a dedicated local cluster; see bench/README.md.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -24,7 +25,6 @@
 #include <sys/types.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -443,7 +443,8 @@ Buckets SumHistogram(const std::vector<Sample>& samples, const std::string& name
   for (const auto& smp : samples) {
     if (smp.name != bucket || (keep && !keep(smp.labels))) continue;
     std::string le = LabelValue(smp.labels, "le");
-    double bound = le == "+Inf" ? std::numeric_limits<double>::infinity() : std::strtod(le.c_str(), nullptr);
+    double bound =
+        le == "+Inf" ? std::numeric_limits<double>::infinity() : std::strtod(le.c_str(), nullptr);
     by_le[bound] += smp.value;
   }
   return Buckets(by_le.begin(), by_le.end());
@@ -533,8 +534,8 @@ struct ControlPlaneScrape {
   std::map<std::string, double> writes;  // "resource[/subresource] VERB" → requests
   Buckets write_latency;                 // apiserver_request_duration_seconds of writes
   double write_latency_sum = 0;
-  Buckets wal_fsync;                     // etcd_disk_wal_fsync_duration_seconds
-  Buckets backend_commit;                // etcd_disk_backend_commit_duration_seconds
+  Buckets wal_fsync;       // etcd_disk_wal_fsync_duration_seconds
+  Buckets backend_commit;  // etcd_disk_backend_commit_duration_seconds
 
   double Writes() const {
     double n = 0;
@@ -591,7 +592,8 @@ ControlPlaneScrape ScrapeControlPlane(const std::string& kubeconfig, int etcd_po
 
 bool HasControllerRef(const Json& object, const std::string& uid) {
   for (const auto& ref : JsonGet<Json>(object, "/metadata/ownerReferences", Json::array()))
-    if (ref.is_object() && ref.value("controller", false) && ref.value("uid", "") == uid) return true;
+    if (ref.is_object() && ref.value("controller", false) && ref.value("uid", "") == uid)
+      return true;
   return false;
 }
 
@@ -762,7 +764,8 @@ class PoolTracker {
     if (!ready) return false;
     for (const char* role : {"/status/prefill", "/status/decode"}) {
       Json r = JsonGet<Json>(pool, role, Json::object());
-      if (JsonGet<int>(r, "/readyReplicas", -1) < JsonGet<int>(r, "/desiredReplicas", 0)) return false;
+      if (JsonGet<int>(r, "/readyReplicas", -1) < JsonGet<int>(r, "/desiredReplicas", 0))
+        return false;
     }
     return true;
   }
@@ -829,13 +832,20 @@ struct Report {
     std::cout << "\n";
     for (const auto& h : header) std::cout << h << "\n";
     std::vector<std::array<std::string, 5>> cells;
+    std::vector<std::string> footnotes;  // notes too long for the table
     cells.push_back({"metric", "measured", "target", "ratio", "result"});
     for (const auto& r : rows) {
-      std::string measured = std::isnan(r.measured)
-                                 ? (r.note.empty() ? "-" : r.note)
-                                 : Fmt(r.measured, PrecisionFor(r.measured)) +
-                                       (r.unit.empty() ? "" : " " + r.unit);
-      if (!std::isnan(r.measured) && !r.note.empty()) measured += " (" + r.note + ")";
+      std::string measured = std::isnan(r.measured) ? (r.note.empty() ? "-" : r.note)
+                                                    : Fmt(r.measured, PrecisionFor(r.measured)) +
+                                                          (r.unit.empty() ? "" : " " + r.unit);
+      if (!std::isnan(r.measured) && !r.note.empty()) {
+        if (measured.size() + r.note.size() <= 70) {
+          measured += " (" + r.note + ")";
+        } else {
+          footnotes.push_back(r.note);
+          measured += " [" + std::to_string(footnotes.size()) + "]";
+        }
+      }
       std::string target = r.HasTarget() ? std::string(r.lower_is_better ? "<= " : ">= ") +
                                                Fmt(r.target, PrecisionFor(r.target)) +
                                                (r.unit.empty() ? "" : " " + r.unit)
@@ -856,6 +866,8 @@ struct Report {
     for (size_t i = 0; i < 5; i++) std::cout << std::string(width[i] + 2, '-') << "|";
     std::cout << "\n";
     for (size_t i = 1; i < cells.size(); i++) line(cells[i]);
+    for (size_t i = 0; i < footnotes.size(); i++)
+      std::cout << "[" << i + 1 << "] " << footnotes[i] << "\n";
     std::cout << "ratio = measured/target: <= 1.00 meets a '<=' target (lower is better).\n";
     for (const auto& n : notes) std::cout << "note: " << n << "\n";
     std::cout.flush();
@@ -873,7 +885,7 @@ struct Report {
               {"metrics", Json::array()},
               {"notes", notes}};
     for (const auto& r : rows) {
-      Json m = {{"metric", r.metric}, {"unit", r.unit},       {"measured", num(r.measured)},
+      Json m = {{"metric", r.metric},      {"unit", r.unit},          {"measured", num(r.measured)},
                 {"target", num(r.target)}, {"ratio", num(r.Ratio())}, {"result", r.Result()}};
       if (r.HasTarget()) m["target_op"] = r.lower_is_better ? "<=" : ">=";
       if (!r.note.empty()) m["note"] = r.note;
@@ -960,7 +972,9 @@ ControllerLog ReadControllerLog(const std::string& path) {
 }
 
 double WallMs() {
-  return std::chrono::duration<double, std::milli>(std::chrono::system_clock::now().time_since_epoch()).count();
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -971,17 +985,21 @@ Json PoolObject(const Flags& f, const std::string& ns, const std::string& name, 
   auto role = [](int replicas) {
     return Json{{"replicas", replicas}, {"minReplicas", 0}, {"gpusPerReplica", 1}};
   };
-  return {{"apiVersion", kube::kInferencePools.ApiVersion()},
-          {"kind", "InferencePool"},
-          {"metadata",
-           {{"name", name}, {"namespace", ns}, {"labels", {{"pdpool.dev/bench", "controller-scale"}}}}},
-          {"spec",
-           {{"model", {{"name", "test-tiny"}, {"preset", "test-tiny"}, {"source", {{"dummy", {{"seed", seed}}}}}}},
-            {"backend", "sim"},
-            {"prefill", role(f.prefill_replicas)},
-            {"decode", role(f.decode_replicas)},
-            {"router", {{"replicas", f.router_replicas}}},
-            {"topology", {{"key", f.topology_key}, {"policy", f.topology_policy}}}}}};
+  return {
+      {"apiVersion", kube::kInferencePools.ApiVersion()},
+      {"kind", "InferencePool"},
+      {"metadata",
+       {{"name", name}, {"namespace", ns}, {"labels", {{"pdpool.dev/bench", "controller-scale"}}}}},
+      {"spec",
+       {{"model",
+         {{"name", "test-tiny"},
+          {"preset", "test-tiny"},
+          {"source", {{"dummy", {{"seed", seed}}}}}}},
+        {"backend", "sim"},
+        {"prefill", role(f.prefill_replicas)},
+        {"decode", role(f.decode_replicas)},
+        {"router", {{"replicas", f.router_replicas}}},
+        {"topology", {{"key", f.topology_key}, {"policy", f.topology_policy}}}}}};
 }
 
 std::string PoolName(int i) {
@@ -1011,7 +1029,8 @@ class Bench {
   bool CreatePools();
   void Cleanup();
   void AddCpuRows(const std::string& phase, const CpuSample& a, const CpuSample& b);
-  void AddControlPlaneRows(const ControlPlaneScrape& a, const ControlPlaneScrape& b, double apiserver_cpu_s);
+  void AddControlPlaneRows(const ControlPlaneScrape& a, const ControlPlaneScrape& b,
+                           double apiserver_cpu_s);
   int EtcdPort() const;
 
   Flags f_;
@@ -1093,23 +1112,28 @@ void Bench::AddControlPlaneRows(const ControlPlaneScrape& a, const ControlPlaneS
     for (size_t i = 0; i < by_kind.size() && i < 8; i++)
       top += (top.empty() ? "" : ", ") + by_kind[i].second + " " + Fmt(by_kind[i].first, 0);
     const double writes = b.Writes() - a.Writes();
-    report_.rows.push_back({"API writes while converging (all clients)", "", writes, kNaN, true, top});
+    report_.rows.push_back(
+        {"API writes while converging (all clients)", "", writes, kNaN, true, top});
     Buckets lat = Delta(b.write_latency, a.write_latency);
     if (!lat.empty() && lat.back().second > 0) {
-      report_.rows.push_back({"  API server write latency, mean", "ms",
-                              1000 * (b.write_latency_sum - a.write_latency_sum) / lat.back().second});
-      report_.rows.push_back({"  API server write latency, p99", "ms", 1000 * HistogramQuantile(0.99, lat)});
+      report_.rows.push_back(
+          {"  API server write latency, mean", "ms",
+           1000 * (b.write_latency_sum - a.write_latency_sum) / lat.back().second});
+      report_.rows.push_back(
+          {"  API server write latency, p99", "ms", 1000 * HistogramQuantile(0.99, lat)});
     }
     if (writes > 0 && !std::isnan(apiserver_cpu_s))
-      report_.rows.push_back({"  kube-apiserver CPU per write (all its CPU / writes)", "ms", 1000 * apiserver_cpu_s / writes});
+      report_.rows.push_back({"  kube-apiserver CPU per write (all its CPU / writes)", "ms",
+                              1000 * apiserver_cpu_s / writes});
   } else {
     report_.notes.push_back("API server metrics not read (kubectl get --raw /metrics failed)");
   }
   if (a.etcd_ok && b.etcd_ok) {
     report_.rows.push_back({"  etcd WAL fsync p99 while converging", "ms",
                             1000 * HistogramQuantile(0.99, Delta(b.wal_fsync, a.wal_fsync))});
-    report_.rows.push_back({"  etcd backend commit p99 while converging", "ms",
-                            1000 * HistogramQuantile(0.99, Delta(b.backend_commit, a.backend_commit))});
+    report_.rows.push_back(
+        {"  etcd backend commit p99 while converging", "ms",
+         1000 * HistogramQuantile(0.99, Delta(b.backend_commit, a.backend_commit))});
   }
 }
 
@@ -1121,7 +1145,8 @@ void Bench::Cleanup() {
     bg.propagation_policy = "Background";
     Status s = client_->Delete(kube::kNamespaces, "", f_.ns, bg);
     if (!s.ok() && !s.IsNotFound())
-      std::cerr << "controller_scale: warning: deleting namespace " << f_.ns << ": " << s.ToString() << "\n";
+      std::cerr << "controller_scale: warning: deleting namespace " << f_.ns << ": " << s.ToString()
+                << "\n";
   }
 }
 
@@ -1134,7 +1159,8 @@ int Bench::Run() {
   }
   if (f_.controller_binary.empty()) f_.controller_binary = SelfDir() + "/pdpool-controller";
   if (access(f_.controller_binary.c_str(), X_OK) != 0)
-    return Fail("controller binary " + f_.controller_binary + " is not executable (--controller-binary)");
+    return Fail("controller binary " + f_.controller_binary +
+                " is not executable (--controller-binary)");
   if (f_.controller_log.empty()) f_.controller_log = "/tmp/controller_scale-" + f_.ns + ".log";
   if (f_.scenario.empty()) {
     f_.scenario = std::to_string(f_.pools) + " pools, " + std::to_string(f_.prefill_replicas) +
@@ -1149,9 +1175,12 @@ int Bench::Run() {
   uname(&un);
   const long nproc = sysconf(_SC_NPROCESSORS_ONLN);
   const std::string load_start = LoadAverage();
-  report_.machine = {{"nproc", nproc}, {"cpu_model", CpuModel()}, {"kernel", un.release},
+  report_.machine = {{"nproc", nproc},
+                     {"cpu_model", CpuModel()},
+                     {"kernel", un.release},
                      {"loadavg_start", load_start}};
-  report_.header.push_back("controller_scale: pdpool-controller against a real API server — " + f_.scenario);
+  report_.header.push_back("controller_scale: pdpool-controller against a real API server — " +
+                           f_.scenario);
   report_.header.push_back("date " + report_.date + "; machine: nproc=" + std::to_string(nproc) +
                            ", CPU " + CpuModel() + "; loadavg at start " + load_start);
 
@@ -1170,12 +1199,15 @@ int Bench::Run() {
   {
     auto crds = client_->List(kube::kInferencePools, "", kube::ListOptions{.limit = 1});
     if (!crds.ok())
-      return Fail("cannot list inferencepools (API server down or CRD not installed; apply "
-                  "crds/inferencepools.pdpool.dev.yaml): " + crds.status().ToString());
+      return Fail(
+          "cannot list inferencepools (API server down or CRD not installed; apply "
+          "crds/inferencepools.pdpool.dev.yaml): " +
+          crds.status().ToString());
   }
   Json ns_obj = {{"apiVersion", "v1"}, {"kind", "Namespace"}, {"metadata", {{"name", f_.ns}}}};
   if (auto created = client_->Create(kube::kNamespaces, "", ns_obj); !created.ok()) {
-    if (!created.status().IsAlreadyExists()) return Fail("create namespace: " + created.status().ToString());
+    if (!created.status().IsAlreadyExists())
+      return Fail("create namespace: " + created.status().ToString());
     auto existing = client_->List(kube::kInferencePools, f_.ns, kube::ListOptions{.limit = 1});
     if (!existing.ok() || !(*existing)["items"].empty())
       return Fail("namespace " + f_.ns + " already holds InferencePools; pick another --namespace");
@@ -1222,16 +1254,24 @@ int Bench::Run() {
   // 2. Start the controller.
   const int metrics_port = FreeLoopbackPort();
   if (metrics_port <= 0) return Fail("no free loopback port for the controller's metrics");
-  std::vector<std::string> args = {"--namespace", f_.ns,
-                                   "--leader-elect=" + std::string(f_.leader_elect ? "true" : "false"),
-                                   "--leader-election-namespace", f_.ns,
-                                   "--leader-election-id", "pdpool-bench",
-                                   "--metrics-bind-address", "127.0.0.1",
-                                   "--metrics-port", std::to_string(metrics_port)};
+  std::vector<std::string> args = {
+      "--namespace",
+      f_.ns,
+      "--leader-elect=" + std::string(f_.leader_elect ? "true" : "false"),
+      "--leader-election-namespace",
+      f_.ns,
+      "--leader-election-id",
+      "pdpool-bench",
+      "--metrics-bind-address",
+      "127.0.0.1",
+      "--metrics-port",
+      std::to_string(metrics_port)};
   if (!f_.kubeconfig.empty()) args.insert(args.begin(), {"--kubeconfig", f_.kubeconfig});
-  if (f_.controller_workers > 0) args.insert(args.end(), {"--workers", std::to_string(f_.controller_workers)});
+  if (f_.controller_workers > 0)
+    args.insert(args.end(), {"--workers", std::to_string(f_.controller_workers)});
   if (f_.controller_qps > 0) args.insert(args.end(), {"--kube-api-qps", Fmt(f_.controller_qps, 1)});
-  if (f_.controller_burst > 0) args.insert(args.end(), {"--kube-api-burst", std::to_string(f_.controller_burst)});
+  if (f_.controller_burst > 0)
+    args.insert(args.end(), {"--kube-api-burst", std::to_string(f_.controller_burst)});
   args.insert(args.end(), f_.controller_args.begin(), f_.controller_args.end());
   std::string cmdline = f_.controller_binary;
   for (const auto& a : args) cmdline += " " + a;
@@ -1270,12 +1310,13 @@ int Bench::Run() {
     if (!controller_.Running()) {
       int code = controller_.ExitCode();
       Cleanup();
-      return Fail("the controller exited (code " + std::to_string(code) + ") before every pool was reconciled; log: " + f_.controller_log);
+      return Fail("the controller exited (code " + std::to_string(code) +
+                  ") before every pool was reconciled; log: " + f_.controller_log);
     }
     if (Seconds(Steady::now() - start) > f_.timeout_s) break;
     if (Steady::now() - last_log > std::chrono::seconds(5)) {
-      std::cerr << "controller_scale: " << progress.reconciled << "/" << want << " pools reconciled after "
-                << Fmt(Seconds(Steady::now() - start), 1) << " s\n";
+      std::cerr << "controller_scale: " << progress.reconciled << "/" << want
+                << " pools reconciled after " << Fmt(Seconds(Steady::now() - start), 1) << " s\n";
       last_log = Steady::now();
     }
     if (!SleepFor(std::chrono::milliseconds(20))) {
@@ -1294,31 +1335,45 @@ int Bench::Run() {
                                 std::to_string(want) + " pools reconciled")
             << "\n";
 
-  report_.rows.push_back({"pools created by the bench (" + std::to_string(f_.pools) + ", before the controller starts)",
+  report_.rows.push_back({"pools created by the bench (" + std::to_string(f_.pools) +
+                              ", before the controller starts)",
                           "s", create_seconds_});
-  Row conv{"all " + std::to_string(f_.pools) + " pools reconciled, from controller start", "s", converge_s, 10.0};
-  if (!converged) conv.note = "not within " + Fmt(f_.timeout_s, 0) + " s: " + std::to_string(progress.reconciled) + "/" + std::to_string(want);
+  Row conv{"all " + std::to_string(f_.pools) + " pools reconciled, from controller start", "s",
+           converge_s, 10.0};
+  if (!converged)
+    conv.note = "not within " + Fmt(f_.timeout_s, 0) +
+                " s: " + std::to_string(progress.reconciled) + "/" + std::to_string(want);
   report_.rows.push_back(conv);
   const ControllerLog early_log = ReadControllerLog(f_.controller_log);
-  if (auto it = early_log.first_ts_ms.find("caches synced"); it != early_log.first_ts_ms.end() && !std::isnan(it->second))
-    report_.rows.push_back({"  controller start -> caches synced", "s", (it->second - start_wall_ms) / 1000.0});
+  if (auto it = early_log.first_ts_ms.find("caches synced");
+      it != early_log.first_ts_ms.end() && !std::isnan(it->second))
+    report_.rows.push_back(
+        {"  controller start -> caches synced", "s", (it->second - start_wall_ms) / 1000.0});
   if (progress.first_reconciled)
-    report_.rows.push_back({"  controller start -> first pool reconciled", "s", Seconds(*progress.first_reconciled - start)});
-  if (converged && progress.first_reconciled && *progress.all_reconciled > *progress.first_reconciled)
+    report_.rows.push_back({"  controller start -> first pool reconciled", "s",
+                            Seconds(*progress.first_reconciled - start)});
+  if (converged && progress.first_reconciled &&
+      *progress.all_reconciled > *progress.first_reconciled)
     report_.rows.push_back({"  reconcile throughput, first -> last pool", "pools/s",
-                            static_cast<double>(want - 1) / Seconds(*progress.all_reconciled - *progress.first_reconciled)});
+                            static_cast<double>(want - 1) /
+                                Seconds(*progress.all_reconciled - *progress.first_reconciled)});
 
   if (at_convergence.ok) {
-    report_.rows.push_back({"reconcile p50 (controller histogram)", "ms", 1000 * HistogramQuantile(0.5, at_convergence.buckets)});
-    report_.rows.push_back({"reconcile p99 (controller histogram)", "ms", 1000 * HistogramQuantile(0.99, at_convergence.buckets), 50.0});
-    report_.rows.push_back({"reconcile mean (histogram sum/count)", "ms",
-                            at_convergence.count > 0 ? 1000 * at_convergence.sum / at_convergence.count : kNaN});
+    report_.rows.push_back({"reconcile p50 (controller histogram)", "ms",
+                            1000 * HistogramQuantile(0.5, at_convergence.buckets)});
+    report_.rows.push_back({"reconcile p99 (controller histogram)", "ms",
+                            1000 * HistogramQuantile(0.99, at_convergence.buckets), 50.0});
+    report_.rows.push_back(
+        {"reconcile mean (histogram sum/count)", "ms",
+         at_convergence.count > 0 ? 1000 * at_convergence.sum / at_convergence.count : kNaN});
     std::string by_result;
     for (const auto& [r, c] : at_convergence.reconciles)
       if (c > 0) by_result += (by_result.empty() ? "" : ", ") + r + " " + Fmt(c, 0);
-    report_.rows.push_back({"reconciles until converged", "", at_convergence.Reconciles(), kNaN, true, by_result});
+    report_.rows.push_back(
+        {"reconciles until converged", "", at_convergence.Reconciles(), kNaN, true, by_result});
   } else {
-    report_.rows.push_back({"reconcile p99 (controller histogram)", "ms", kNaN, 50.0, true, "metrics scrape failed"});
+    report_.rows.push_back(
+        {"reconcile p99 (controller histogram)", "ms", kNaN, 50.0, true, "metrics scrape failed"});
     report_.complete = false;
   }
   const int events_at_convergence = TotalEvents(PoolTracker::CountEvents(client_.get(), f_.ns));
@@ -1332,15 +1387,21 @@ int Bench::Run() {
     double wall = Seconds(cpu_converged.at - cpu_start.at);
     auto it = cpu_converged.process.find("controller");
     if (it != cpu_converged.process.end() && wall > 0)
-      report_.rows.push_back({"controller CPU while converging", "% of a core", 100.0 * it->second / wall});
+      report_.rows.push_back(
+          {"controller CPU while converging", "% of a core", 100.0 * it->second / wall});
     auto api = cpu_converged.process.find("kube-apiserver");
     auto api0 = cpu_start.process.find("kube-apiserver");
     if (api != cpu_converged.process.end() && api0 != cpu_start.process.end() && wall > 0)
-      report_.rows.push_back({"kube-apiserver CPU while converging", "% of a core", 100.0 * (api->second - api0->second) / wall});
+      report_.rows.push_back({"kube-apiserver CPU while converging", "% of a core",
+                              100.0 * (api->second - api0->second) / wall});
     if (!std::isnan(cpu_converged.machine) && wall > 0)
-      report_.rows.push_back({"machine CPU while converging", "% of " + std::to_string(nproc) + " cores",
-                              100.0 * (cpu_converged.machine - cpu_start.machine) / wall / static_cast<double>(nproc)});
-    double api_cpu = api != cpu_converged.process.end() && api0 != cpu_start.process.end() ? api->second - api0->second : kNaN;
+      report_.rows.push_back({"machine CPU while converging",
+                              "% of " + std::to_string(nproc) + " cores",
+                              100.0 * (cpu_converged.machine - cpu_start.machine) / wall /
+                                  static_cast<double>(nproc)});
+    double api_cpu = api != cpu_converged.process.end() && api0 != cpu_start.process.end()
+                         ? api->second - api0->second
+                         : kNaN;
     AddControlPlaneRows(cp_start, cp_converged, api_cpu);
   }
 
@@ -1348,7 +1409,9 @@ int Bench::Run() {
   if (f_.wait_ready && converged) {
     while (true) {
       progress = tracker_->GetProgress(want);
-      if (progress.all_ready || !controller_.Running() || Seconds(Steady::now() - start) > f_.ready_timeout_s) break;
+      if (progress.all_ready || !controller_.Running() ||
+          Seconds(Steady::now() - start) > f_.ready_timeout_s)
+        break;
       if (Steady::now() - last_log > std::chrono::seconds(5)) {
         std::cerr << "controller_scale: " << progress.ready << "/" << want << " pools Ready after "
                   << Fmt(Seconds(Steady::now() - start), 1) << " s\n";
@@ -1361,19 +1424,22 @@ int Bench::Run() {
     }
     Row ready{"all pools Ready (workers running), from controller start", "s",
               progress.all_ready ? Seconds(*progress.all_ready - start) : kNaN};
-    if (!progress.all_ready) ready.note = "not within " + Fmt(f_.ready_timeout_s, 0) + " s: " + std::to_string(progress.ready) + "/" + std::to_string(want);
+    if (!progress.all_ready)
+      ready.note = "not within " + Fmt(f_.ready_timeout_s, 0) +
+                   " s: " + std::to_string(progress.ready) + "/" + std::to_string(want);
     report_.rows.push_back(ready);
     if (progress.all_ready) {
       const CpuSample cpu_ready = SampleCpu(tracked_);
       AddCpuRows("until_ready", cpu_start, cpu_ready);
-      report_.rows.push_back({"controller VmRSS when all Ready", "MB", ProcessMemory(controller_.pid()).rss_mb, 64.0});
+      report_.rows.push_back(
+          {"controller VmRSS when all Ready", "MB", ProcessMemory(controller_.pid()).rss_mb, 64.0});
     }
   }
 
   // 4. Idle CPU.
   if (converged && controller_.Running()) {
-    std::cerr << "controller_scale: settling " << Fmt(f_.settle_s, 0) << " s, then measuring idle CPU over "
-              << Fmt(f_.idle_s, 0) << " s\n";
+    std::cerr << "controller_scale: settling " << Fmt(f_.settle_s, 0)
+              << " s, then measuring idle CPU over " << Fmt(f_.idle_s, 0) << " s\n";
     if (!SleepSeconds(f_.settle_s)) {
       Cleanup();
       return 130;
@@ -1391,16 +1457,19 @@ int Bench::Run() {
     double pct = kNaN;
     for (const auto& [name, p] : CpuPercent(a, b))
       if (name == "controller") pct = p;
-    Row idle{"controller idle CPU (" + Fmt(f_.idle_s, 0) + " s window from " + Fmt(f_.settle_s, 0) + " s after convergence)",
+    Row idle{"controller idle CPU (" + Fmt(f_.idle_s, 0) + " s window from " + Fmt(f_.settle_s, 0) +
+                 " s after convergence)",
              "% of a core", pct, 0.5};
     if (idle_before.ok && idle_after.ok)
       idle.note = Fmt(idle_after.Reconciles() - idle_before.Reconciles(), 0) + " reconciles, " +
                   std::to_string(events_after - events_before) + " Events written in the window";
     report_.rows.push_back(idle);
     AddCpuRows("idle", a, b);
-    report_.rows.push_back({"controller VmRSS after idle window", "MB", ProcessMemory(controller_.pid()).rss_mb, 64.0});
+    report_.rows.push_back({"controller VmRSS after idle window", "MB",
+                            ProcessMemory(controller_.pid()).rss_mb, 64.0});
   } else {
-    report_.rows.push_back({"controller idle CPU", "% of a core", kNaN, 0.5, true, "not measured (no convergence)"});
+    report_.rows.push_back(
+        {"controller idle CPU", "% of a core", kNaN, 0.5, true, "not measured (no convergence)"});
     report_.complete = false;
   }
 
@@ -1409,7 +1478,8 @@ int Bench::Run() {
   // kube-controller-manager makes at its own pace. Quiet: no reconcile and no new Event over
   // two 5 s checks.
   if (converged && controller_.Running() && f_.quiet_timeout_s > 0) {
-    std::cerr << "controller_scale: waiting for the controller to go quiet (up to " << Fmt(f_.quiet_timeout_s, 0) << " s)\n";
+    std::cerr << "controller_scale: waiting for the controller to go quiet (up to "
+              << Fmt(f_.quiet_timeout_s, 0) << " s)\n";
     const SteadyTime wait_start = Steady::now();
     double last_reconciles = -1;
     int last_events = -1, unchanged = 0;
@@ -1417,7 +1487,8 @@ int Bench::Run() {
     while (Seconds(Steady::now() - wait_start) < f_.quiet_timeout_s) {
       const ControllerMetricsScrape m = ScrapeController(metrics_port);
       const int events = TotalEvents(PoolTracker::CountEvents(client_.get(), f_.ns));
-      unchanged = m.ok && m.Reconciles() == last_reconciles && events == last_events ? unchanged + 1 : 0;
+      unchanged =
+          m.ok && m.Reconciles() == last_reconciles && events == last_events ? unchanged + 1 : 0;
       last_reconciles = m.ok ? m.Reconciles() : -1;
       last_events = events;
       if (unchanged >= 2) {
@@ -1429,7 +1500,8 @@ int Bench::Run() {
         return 130;
       }
     }
-    const double quiet_after = Seconds(Steady::now() - (converged ? *progress.all_reconciled : start));
+    const double quiet_after =
+        Seconds(Steady::now() - (converged ? *progress.all_reconciled : start));
     if (quiet) {
       const CpuSample a = SampleCpu(tracked_);
       if (!SleepSeconds(f_.idle_s)) {
@@ -1441,21 +1513,25 @@ int Bench::Run() {
       double pct = kNaN;
       for (const auto& [name, p] : CpuPercent(a, b))
         if (name == "controller") pct = p;
-      Row idle{"controller idle CPU once quiet (" + Fmt(f_.idle_s, 0) + " s window)", "% of a core", pct, 0.5};
+      Row idle{"controller idle CPU once quiet (" + Fmt(f_.idle_s, 0) + " s window)", "% of a core",
+               pct, 0.5};
       idle.note = "quiet " + Fmt(quiet_after, 0) + " s after convergence";
-      if (after.ok) idle.note += ", " + Fmt(after.Reconciles() - last_reconciles, 0) + " reconciles in the window";
+      if (after.ok)
+        idle.note +=
+            ", " + Fmt(after.Reconciles() - last_reconciles, 0) + " reconciles in the window";
       report_.rows.push_back(idle);
       AddCpuRows("idle_quiet", a, b);
     } else {
-      report_.rows.push_back({"controller idle CPU once quiet", "% of a core", kNaN, 0.5, true,
-                              "still reconciling or writing Events " + Fmt(quiet_after, 0) + " s after convergence"});
+      report_.rows.push_back(
+          {"controller idle CPU once quiet", "% of a core", kNaN, 0.5, true,
+           "still reconciling or writing Events " + Fmt(quiet_after, 0) + " s after convergence"});
     }
   }
 
   // 5. Spec-change latency.
   if (converged && controller_.Running() && spec_changes > 0) {
-    std::cerr << "controller_scale: patching spec.prefill.replicas of " << spec_changes << " pools, "
-              << Fmt(f_.spec_change_rate, 1) << " per second\n";
+    std::cerr << "controller_scale: patching spec.prefill.replicas of " << spec_changes
+              << " pools, " << Fmt(f_.spec_change_rate, 1) << " per second\n";
     const int target = f_.prefill_replicas + 1;
     const CpuSample a = SampleCpu(tracked_);
     std::vector<std::pair<std::string, SteadyTime>> sent;  // pool key, patch response time
@@ -1468,19 +1544,22 @@ int Bench::Run() {
         Cleanup();
         return 130;
       }
-      const std::string name = PoolName(static_cast<int>(static_cast<int64_t>(k) * f_.pools / spec_changes));
+      const std::string name =
+          PoolName(static_cast<int>(static_cast<int64_t>(k) * f_.pools / spec_changes));
       const std::string key = f_.ns + "/" + name;
       tracker_->Expect(key, target);
       Json patch = {{"spec", {{"prefill", {{"replicas", target}}}}}};
       auto r = client_->Patch(kube::kInferencePools, f_.ns, name, kube::PatchType::kMerge, patch);
       if (!r.ok()) {
         patch_errors++;
-        std::cerr << "controller_scale: warning: patch " << key << ": " << r.status().ToString() << "\n";
+        std::cerr << "controller_scale: warning: patch " << key << ": " << r.status().ToString()
+                  << "\n";
         continue;
       }
       sent.emplace_back(key, Steady::now());
     }
-    auto deadline = Steady::now() + std::chrono::duration_cast<Steady::duration>(std::chrono::duration<double>(f_.spec_change_timeout_s));
+    auto deadline = Steady::now() + std::chrono::duration_cast<Steady::duration>(
+                                        std::chrono::duration<double>(f_.spec_change_timeout_s));
     while (Steady::now() < deadline) {
       bool all = true;
       for (const auto& [key, t] : sent) all = all && tracker_->Seen(key).has_value();
@@ -1505,19 +1584,25 @@ int Bench::Run() {
       latencies.push_back(std::max(0.0, ms));
     }
     std::string note = std::to_string(sent.size()) + " patches";
-    if (missed) note += ", " + std::to_string(missed) + " not seen within " + Fmt(f_.spec_change_timeout_s, 0) + " s";
+    if (missed)
+      note += ", " + std::to_string(missed) + " not seen within " +
+              Fmt(f_.spec_change_timeout_s, 0) + " s";
     if (patch_errors) note += ", " + std::to_string(patch_errors) + " patch errors";
     if (early) note += ", " + std::to_string(early) + " seen before the patch response";
     double p50 = NearestRank(latencies, 0.5), p99 = NearestRank(latencies, 0.99);
-    report_.rows.push_back({"spec change -> ReplicaSet spec.replicas, p50", "ms", std::isinf(p50) ? kNaN : p50, kNaN, true,
+    report_.rows.push_back({"spec change -> ReplicaSet spec.replicas, p50", "ms",
+                            std::isinf(p50) ? kNaN : p50, kNaN, true,
                             std::isinf(p50) ? "not seen" : ""});
-    report_.rows.push_back({"spec change -> ReplicaSet spec.replicas, p99", "ms", std::isinf(p99) ? kNaN : p99, 1000.0, true,
+    report_.rows.push_back({"spec change -> ReplicaSet spec.replicas, p99", "ms",
+                            std::isinf(p99) ? kNaN : p99, 1000.0, true,
                             std::isinf(p99) ? "not seen: " + note : note});
     if (!latencies.empty() && !std::isinf(latencies.back()))
-      report_.rows.push_back({"spec change latency, max", "ms", *std::max_element(latencies.begin(), latencies.end())});
+      report_.rows.push_back({"spec change latency, max", "ms",
+                              *std::max_element(latencies.begin(), latencies.end())});
     AddCpuRows("spec_changes", a, b);
   } else if (spec_changes > 0) {
-    report_.rows.push_back({"spec change -> ReplicaSet spec.replicas, p99", "ms", kNaN, 1000.0, true, "not measured"});
+    report_.rows.push_back(
+        {"spec change -> ReplicaSet spec.replicas, p99", "ms", kNaN, 1000.0, true, "not measured"});
     report_.complete = false;
   }
 
@@ -1525,7 +1610,8 @@ int Bench::Run() {
   const ControllerMetricsScrape final_metrics = ScrapeController(metrics_port);
   if (final_metrics.ok) {
     report_.rows.push_back({"reconciles in total (whole run)", "", final_metrics.Reconciles()});
-    report_.rows.push_back({"reconcile p99, whole run", "ms", 1000 * HistogramQuantile(0.99, final_metrics.buckets)});
+    report_.rows.push_back(
+        {"reconcile p99, whole run", "ms", 1000 * HistogramQuantile(0.99, final_metrics.buckets)});
   }
   std::map<std::string, int> events = PoolTracker::CountEvents(client_.get(), f_.ns);
   {
@@ -1535,32 +1621,38 @@ int Bench::Run() {
       total += n;
       by_reason += (by_reason.empty() ? "" : ", ") + reason + " " + std::to_string(n);
     }
-    report_.rows.push_back({"Events written by the controller, whole run", "", static_cast<double>(total), kNaN, true, by_reason});
+    report_.rows.push_back({"Events written by the controller, whole run", "",
+                            static_cast<double>(total), kNaN, true, by_reason});
   }
   const bool still_running = controller_.Running();
   const auto stop_start = Steady::now();
   const int code = controller_.Stop(std::chrono::seconds(10));
-  report_.rows.push_back({"controller shutdown on SIGTERM", "s", Seconds(Steady::now() - stop_start), kNaN, true,
+  report_.rows.push_back({"controller shutdown on SIGTERM", "s",
+                          Seconds(Steady::now() - stop_start), kNaN, true,
                           !still_running ? "had exited already, code " + std::to_string(code)
                           : controller_.killed() ? "did not exit in 10 s, killed"
                                                  : "exit code " + std::to_string(code)});
   const ControllerLog log = ReadControllerLog(f_.controller_log);
   for (const auto& [msg, n] : log.problems)
-    report_.notes.push_back("controller log: " + std::to_string(n) + "x warn/error \"" + msg + "\"");
+    report_.notes.push_back("controller log: " + std::to_string(n) + "x warn/error \"" + msg +
+                            "\"");
   {
     std::vector<std::pair<int, std::string>> errors;
     for (const auto& [e, n] : log.errors) errors.emplace_back(n, e);
     std::sort(errors.rbegin(), errors.rend());
     for (size_t i = 0; i < errors.size() && i < 3; i++)
-      report_.notes.push_back("controller log: " + std::to_string(errors[i].first) + "x error=\"" + errors[i].second + "\"");
+      report_.notes.push_back("controller log: " + std::to_string(errors[i].first) + "x error=\"" +
+                              errors[i].second + "\"");
   }
-  report_.notes.push_back("reconcile quantiles are interpolated within the controller's histogram buckets "
-                          "(le 1, 2.5, 5, 10, 25, 50, 100, 250 ms, ...) as Prometheus' histogram_quantile does; "
-                          "spec-change quantiles are nearest-rank over the samples");
+  report_.notes.push_back(
+      "reconcile quantiles are interpolated within the controller's histogram buckets "
+      "(le 1, 2.5, 5, 10, 25, 50, 100, 250 ms, ...) as Prometheus' histogram_quantile does; "
+      "spec-change quantiles are nearest-rank over the samples");
   report_.notes.push_back("controller log: " + f_.controller_log);
   const std::string load_end = LoadAverage();
   report_.machine["loadavg_end"] = load_end;
-  report_.header.push_back("loadavg at end " + load_end + " (other work on this machine skews every number; see 'other' CPU)");
+  report_.header.push_back("loadavg at end " + load_end +
+                           " (other work on this machine skews every number; see 'other' CPU)");
 
   Cleanup();
   report_.Print();
@@ -1578,38 +1670,74 @@ int Bench::Run() {
 int main(int argc, char** argv) {
   using pdpool::bench::Flags;
   pdpool::BlockTerminationSignals();
-  CLI::App app{"controller_scale: pdpool-controller scale benchmark against a real API server (see bench/README.md)"};
+  CLI::App app{
+      "controller_scale: pdpool-controller scale benchmark against a real API server (see "
+      "bench/README.md)"};
   Flags f;
-  app.add_option("--kubeconfig", f.kubeconfig, "kubeconfig of the cluster (default: $KUBECONFIG, ~/.kube/config)");
-  app.add_option("--namespace", f.ns, "namespace for the pools (default: pdpool-bench-<random>; created)");
+  app.add_option("--kubeconfig", f.kubeconfig,
+                 "kubeconfig of the cluster (default: $KUBECONFIG, ~/.kube/config)");
+  app.add_option("--namespace", f.ns,
+                 "namespace for the pools (default: pdpool-bench-<random>; created)");
   app.add_option("--pools", f.pools, "InferencePools to create")->capture_default_str();
-  app.add_option("--prefill-replicas", f.prefill_replicas, "spec.prefill.replicas of each pool")->capture_default_str();
-  app.add_option("--decode-replicas", f.decode_replicas, "spec.decode.replicas of each pool")->capture_default_str();
-  app.add_option("--worker-replicas", f.worker_replicas, "sets both --prefill-replicas and --decode-replicas");
-  app.add_option("--router-replicas", f.router_replicas, "spec.router.replicas of each pool (0: no router pods)")->capture_default_str();
-  app.add_option("--topology-policy", f.topology_policy, "spec.topology.policy (None lets scaled-up pools place without nodes)")
-      ->capture_default_str()->check(CLI::IsMember({"None", "Preferred", "Required"}));
+  app.add_option("--prefill-replicas", f.prefill_replicas, "spec.prefill.replicas of each pool")
+      ->capture_default_str();
+  app.add_option("--decode-replicas", f.decode_replicas, "spec.decode.replicas of each pool")
+      ->capture_default_str();
+  app.add_option("--worker-replicas", f.worker_replicas,
+                 "sets both --prefill-replicas and --decode-replicas");
+  app.add_option("--router-replicas", f.router_replicas,
+                 "spec.router.replicas of each pool (0: no router pods)")
+      ->capture_default_str();
+  app.add_option("--topology-policy", f.topology_policy,
+                 "spec.topology.policy (None lets scaled-up pools place without nodes)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"None", "Preferred", "Required"}));
   app.add_option("--topology-key", f.topology_key, "spec.topology.key")->capture_default_str();
-  app.add_option("--create-concurrency", f.create_concurrency, "parallel create requests")->capture_default_str();
-  app.add_option("--controller-binary", f.controller_binary, "pdpool-controller to run (default: next to this binary)");
-  app.add_option("--controller-workers", f.controller_workers, "--workers of the controller (default: its own)");
-  app.add_option("--controller-qps", f.controller_qps, "--kube-api-qps of the controller (default: its own)");
-  app.add_option("--controller-burst", f.controller_burst, "--kube-api-burst of the controller (default: its own)");
-  app.add_option("--leader-elect", f.leader_elect, "run the controller with leader election (as deployed)")->capture_default_str();
+  app.add_option("--create-concurrency", f.create_concurrency, "parallel create requests")
+      ->capture_default_str();
+  app.add_option("--controller-binary", f.controller_binary,
+                 "pdpool-controller to run (default: next to this binary)");
+  app.add_option("--controller-workers", f.controller_workers,
+                 "--workers of the controller (default: its own)");
+  app.add_option("--controller-qps", f.controller_qps,
+                 "--kube-api-qps of the controller (default: its own)");
+  app.add_option("--controller-burst", f.controller_burst,
+                 "--kube-api-burst of the controller (default: its own)");
+  app.add_option("--leader-elect", f.leader_elect,
+                 "run the controller with leader election (as deployed)")
+      ->capture_default_str();
   app.add_option("--controller-arg", f.controller_args, "extra controller argument (repeatable)")
-      ->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  app.add_option("--controller-log", f.controller_log, "controller output (default: /tmp/controller_scale-<namespace>.log)");
-  app.add_option("--timeout", f.timeout_s, "seconds to wait for every pool to be reconciled")->capture_default_str();
-  app.add_flag("--wait-ready", f.wait_ready, "also wait until every pool is Ready with its workers (worker scenario)");
-  app.add_option("--ready-timeout", f.ready_timeout_s, "seconds from controller start to wait for Ready")->capture_default_str();
-  app.add_option("--settle", f.settle_s, "seconds between convergence and the idle window")->capture_default_str();
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  app.add_option("--controller-log", f.controller_log,
+                 "controller output (default: /tmp/controller_scale-<namespace>.log)");
+  app.add_option("--timeout", f.timeout_s, "seconds to wait for every pool to be reconciled")
+      ->capture_default_str();
+  app.add_flag("--wait-ready", f.wait_ready,
+               "also wait until every pool is Ready with its workers (worker scenario)");
+  app.add_option("--ready-timeout", f.ready_timeout_s,
+                 "seconds from controller start to wait for Ready")
+      ->capture_default_str();
+  app.add_option("--settle", f.settle_s, "seconds between convergence and the idle window")
+      ->capture_default_str();
   app.add_option("--idle-seconds", f.idle_s, "idle CPU window, seconds")->capture_default_str();
-  app.add_option("--quiet-timeout", f.quiet_timeout_s, "seconds to wait for the controller to go quiet for the second idle window (0: skip it)")->capture_default_str();
-  app.add_option("--spec-changes", f.spec_changes, "pools whose spec.prefill.replicas is patched (0: skip)")->capture_default_str();
-  app.add_option("--spec-change-rate", f.spec_change_rate, "patches per second, sent one after another")->capture_default_str();
-  app.add_option("--spec-change-timeout", f.spec_change_timeout_s, "seconds to wait after the last patch")->capture_default_str();
-  app.add_option("--cluster-dir", f.cluster_dir, "deploy/local/cluster.sh state dir: account the CPU of its components");
-  app.add_option("--track-pid", f.track_pids, "NAME=PID of another process whose CPU to account (repeatable)")
+  app.add_option(
+         "--quiet-timeout", f.quiet_timeout_s,
+         "seconds to wait for the controller to go quiet for the second idle window (0: skip it)")
+      ->capture_default_str();
+  app.add_option("--spec-changes", f.spec_changes,
+                 "pools whose spec.prefill.replicas is patched (0: skip)")
+      ->capture_default_str();
+  app.add_option("--spec-change-rate", f.spec_change_rate,
+                 "patches per second, sent one after another")
+      ->capture_default_str();
+  app.add_option("--spec-change-timeout", f.spec_change_timeout_s,
+                 "seconds to wait after the last patch")
+      ->capture_default_str();
+  app.add_option("--cluster-dir", f.cluster_dir,
+                 "deploy/local/cluster.sh state dir: account the CPU of its components");
+  app.add_option("--track-pid", f.track_pids,
+                 "NAME=PID of another process whose CPU to account (repeatable)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option("--scenario", f.scenario, "scenario name for the report");
   app.add_option("--json", f.json_path, "also write the table as JSON to this path");

@@ -49,6 +49,19 @@ Json NodePlacementView(const Json& node) {
   return view;
 }
 
+// What the reconciler reads of a child: its spec, identity and replica counts.
+Json ChildView(const Json& child) {
+  Json view;
+  view["spec"] = JsonGet<Json>(child, "/spec", nullptr);
+  view["labels"] = JsonGet<Json>(child, "/metadata/labels", nullptr);
+  view["annotations"] = JsonGet<Json>(child, "/metadata/annotations", nullptr);
+  view["owners"] = JsonGet<Json>(child, "/metadata/ownerReferences", nullptr);
+  view["deleting"] = JsonGet<Json>(child, "/metadata/deletionTimestamp", nullptr);
+  view["replicas"] = JsonGet<Json>(child, "/status/replicas", nullptr);
+  view["ready"] = JsonGet<Json>(child, "/status/readyReplicas", nullptr);
+  return view;
+}
+
 bool PodHoldsGpus(const Json& pod) {
   std::string phase = JsonGet<std::string>(pod, "/status/phase", "");
   return !JsonGet<std::string>(pod, "/spec/nodeName", "").empty() && phase != "Succeeded" &&
@@ -96,9 +109,12 @@ struct Manager::Impl {
     scoped.ns = options.watch_namespace;
     kube::InformerOptions children = scoped;
     children.label_selector = kPoolLabel;
+    // The router Deployment's own ReplicaSets inherit the pool label; only workers' matter.
+    kube::InformerOptions worker_sets = scoped;
+    worker_sets.label_selector = std::string(kPoolLabel) + "," + kRoleLabel + " in (prefill,decode)";
 
     pools = NewInformer(kube::kInferencePools, scoped);
-    auto* rs = NewInformer(kube::kReplicaSets, children);
+    auto* rs = NewInformer(kube::kReplicaSets, worker_sets);
     auto* deps = NewInformer(kube::kDeployments, children);
     auto* svcs = NewInformer(kube::kServices, children);
     // Placement needs every pod and node: GPUs used by anyone count.
@@ -124,7 +140,10 @@ struct Manager::Impl {
         [this](const kube::ObjectPtr& o) {
           if (auto k = OwnerPoolKey(*o); !k.empty()) queue.Add(k);
         },
-        [this](const kube::ObjectPtr&, const kube::ObjectPtr& o) {
+        [this](const kube::ObjectPtr& old_obj, const kube::ObjectPtr& o) {
+          // kube-controller-manager rewrites children's status often (observedGeneration,
+          // conditions); only what the pool's reconcile reads is worth a pass.
+          if (ChildView(*old_obj) == ChildView(*o)) return;
           if (auto k = OwnerPoolKey(*o); !k.empty()) queue.Add(k);
         },
         [this](const kube::ObjectPtr& o) {
@@ -289,7 +308,8 @@ Status Manager::Run() {
   m.informer_cancel.Cancel();
   for (auto& t : m.threads) t.join();
   m.threads.clear();
-  if (m.events) m.events->Flush();
+  if (m.events && !m.events->Flush())
+    LogWarn("events not written before shutdown", {{"dropped_so_far", m.events->dropped()}});
   // Cancelling the elector releases the lease so a standby takes over at once.
   m.cancel.Cancel();
   if (election_thread.joinable()) election_thread.join();

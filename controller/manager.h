@@ -23,7 +23,7 @@ struct ManagerOptions {
   std::string identity;  // defaults to hostname_pid
   std::string admin_host = "0.0.0.0";
   int admin_port = 8080;  // /healthz /readyz /metrics; 0: any free port
-  int workers = 4;
+  int workers = 8;
 };
 
 class Manager {

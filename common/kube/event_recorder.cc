@@ -17,6 +17,8 @@ EventRecorder::~EventRecorder() {
   {
     std::lock_guard lock(mu_);
     stop_ = true;
+    dropped_ += queue_.size();
+    queue_.clear();  // best effort: shutdown does not wait on a slow API server
   }
   cv_.notify_all();
   thread_.join();
@@ -49,9 +51,9 @@ void EventRecorder::Record(const Json& object, const std::string& type, const st
   cv_.notify_one();
 }
 
-void EventRecorder::Flush() {
+bool EventRecorder::Flush(Duration timeout) {
   std::unique_lock lock(mu_);
-  idle_cv_.wait(lock, [this] { return queue_.empty() && !busy_; });
+  return idle_cv_.wait_for(lock, timeout, [this] { return queue_.empty() && !busy_; });
 }
 
 void EventRecorder::Loop() {

@@ -28,8 +28,9 @@ class EventRecorder {
   // type: "Normal" or "Warning". `object` needs apiVersion, kind, metadata.{name,namespace,uid}.
   void Record(const Json& object, const std::string& type, const std::string& reason,
               const std::string& message);
-  // Waits until queued events are written (tests, shutdown).
-  void Flush();
+  // Waits until queued events are written (tests, shutdown), at most `timeout`; false when
+  // some were still queued (they are then dropped with the recorder).
+  bool Flush(Duration timeout = std::chrono::seconds(5));
   uint64_t dropped() const { return dropped_.load(); }
 
  private:

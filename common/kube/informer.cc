@@ -17,6 +17,14 @@ std::string ObjectKey(const Json& object) {
 Informer::Informer(KubeClient* client, ResourceType type, InformerOptions options)
     : client_(client), type_(std::move(type)), options_(std::move(options)) {}
 
+ObjectPtr Informer::Freeze(Json object) const {
+  if (options_.strip_managed_fields && object.is_object()) {
+    auto meta = object.find("metadata");
+    if (meta != object.end() && meta->is_object()) meta->erase("managedFields");
+  }
+  return std::make_shared<const Json>(std::move(object));
+}
+
 void Informer::AddHandler(InformerHandler handler) { handlers_.push_back(std::move(handler)); }
 
 void Informer::AddIndex(const std::string& name, IndexFunc fn) {
@@ -106,7 +114,7 @@ StatusOr<std::string> Informer::ListAndReplace() {
     std::lock_guard lock(mu_);
     std::unordered_map<std::string, ObjectPtr> fresh;
     for (auto& item : (*list)["items"]) {
-      auto obj = std::make_shared<const Json>(std::move(item));
+      auto obj = Freeze(std::move(item));
       fresh[ObjectKey(*obj)] = obj;
     }
     std::vector<std::string> gone;
@@ -150,7 +158,7 @@ void Informer::Apply(const WatchEvent& event) {
     if (!rv.empty()) resource_version_ = rv;
     return;
   }
-  auto obj = std::make_shared<const Json>(event.object);
+  auto obj = Freeze(event.object);
   std::string key = ObjectKey(*obj);
   ObjectPtr old;
   {

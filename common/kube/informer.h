@@ -31,6 +31,10 @@ struct InformerOptions {
   std::string label_selector;
   std::string field_selector;
   int watch_timeout_seconds = 300;
+  // metadata.managedFields is often the largest part of an object and nothing pdpool reads:
+  // drop it from the cache (as client-go users do with a transform) to save memory. Writes of
+  // cached copies leave the server's managedFields as they are when the field is absent.
+  bool strip_managed_fields = true;
   Duration initial_backoff = std::chrono::milliseconds(500);
   Duration max_backoff = std::chrono::seconds(30);
 };
@@ -74,6 +78,7 @@ class Informer {
   void Apply(const WatchEvent& event);
   void StoreLocked(const std::string& key, ObjectPtr obj);
   void EraseLocked(const std::string& key);
+  ObjectPtr Freeze(Json object) const;
 
   KubeClient* client_;
   const ResourceType type_;

@@ -55,7 +55,7 @@ readonly COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 readonly SCRIPT_DIR REPO_ROOT
-readonly SERVICE_CIDR=10.0.0.0/24
+readonly SERVICE_CIDR=10.0.0.0/16
 readonly SERVICE_IP=10.0.0.1
 readonly SA_ISSUER=https://kubernetes.default.svc
 
