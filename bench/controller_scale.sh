@@ -141,9 +141,6 @@ BIN_DIR="$CLUSTER_DIR/bin"
 # Cluster
 # ---------------------------------------------------------------------------------------------
 KUBECONFIG_PATH=""
-# cluster.sh's Service range is a /24 (253 ClusterIPs) and every pool has a router Service:
-# widen it for the bench (for a repeated flag the API server takes the last one).
-export PDPOOL_APISERVER_ARGS="${PDPOOL_APISERVER_ARGS:-} --service-cluster-ip-range=10.0.0.0/16"
 cluster_up() {
   log "bringing up a fresh cluster in $CLUSTER_DIR (the first time this may wait for the Kubernetes build)"
   CLUSTER_STARTED=1

@@ -81,7 +81,7 @@ cmd_up() {
     --count 4 --gpus 4 --clique hgx-b --gpu-product NVIDIA-H200 --ip-prefix 2
   wait_for 60 "22 Ready nodes" bash -c \
     "[[ \$(kubectl get nodes --no-headers 2>/dev/null | grep -cw Ready) -ge 22 ]]"
-  kubectl get nodes -L nvidia.com/gpu.clique,nvidia.com/gpu.product | head -n 6
+  kubectl get nodes -L nvidia.com/gpu.clique,nvidia.com/gpu.product | sed -n '1,6p'  # sed reads all: no SIGPIPE under pipefail
   echo "..."
 
   say "3/6 InferencePool CRD and pdpool-controller"
