@@ -98,6 +98,18 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     return Status::Ok();
   };
 
+  // A child that cannot be written: say so on the pool (best effort: the API server may be
+  // what is failing), then return the error so the queue retries with backoff.
+  auto fail = [&](const Status& error) -> ReconcileResult {
+    // Conflicts are routine (a stale cache) and fixed by the retry; not worth a condition.
+    if (!error.IsConflict()) {
+      SetCondition(&conditions, "Degraded", kConditionTrue, "ReconcileError", error.ToString(),
+                   generation, now);
+      (void)write_status();
+    }
+    return {error};
+  };
+
   // 1. The spec: parse and check what the schema cannot. A bad spec changes nothing else.
   auto spec_or = ParsePoolSpec(JsonGet<Json>(pool, "/spec", Json::object()));
   std::vector<SpecError> errors;
@@ -193,7 +205,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     const std::string rs_name = JsonGet<std::string>(*desired_rs, "/metadata/name", "");
     if (!sets.current) {
       auto created = client_->Create(kube::kReplicaSets, ns, *desired_rs);
-      if (!created.ok() && !created.status().IsAlreadyExists()) return {created.status()};
+      if (!created.ok() && !created.status().IsAlreadyExists()) return fail(created.status());
       if (created.ok()) {
         events_->Record(pool, "Normal", "CreatedReplicaSet",
                         "Created " + role_name + " ReplicaSet " + rs_name + " with " +
@@ -206,7 +218,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
                                        {"fields", Join(update->changed_fields)}});
       int32_t before = JsonGet<int32_t>(*sets.current, "/spec/replicas", 0);
       auto updated = client_->Update(kube::kReplicaSets, update->object);
-      if (!updated.ok()) return {updated.status()};
+      if (!updated.ok()) return fail(updated.status());
       if (before != plan.new_replicas) {
         events_->Record(pool, "Normal", "ScaledReplicaSet",
                         "Scaled " + role_name + " ReplicaSet " + rs_name + " from " +
@@ -226,7 +238,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
         kube::DeleteOptions del;
         del.precondition_uid = JsonGet<std::string>(*old_rs, "/metadata/uid", "");
         Status s = client_->Delete(kube::kReplicaSets, ns, scale.name, del);
-        if (!s.ok() && !s.IsNotFound()) return {s};
+        if (!s.ok() && !s.IsNotFound()) return fail(s);
         if (s.ok())
           events_->Record(pool, "Normal", "DeletedReplicaSet",
                           "Deleted drained " + role_name + " ReplicaSet " + scale.name);
@@ -236,7 +248,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
       Json copy = *old_rs;
       copy["spec"]["replicas"] = scale.replicas;
       auto updated = client_->Update(kube::kReplicaSets, copy);
-      if (!updated.ok()) return {updated.status()};
+      if (!updated.ok()) return fail(updated.status());
       events_->Record(pool, "Normal", "ScaledReplicaSet",
                       "Scaled old " + role_name + " ReplicaSet " + scale.name + " from " +
                           std::to_string(before) + " to " + std::to_string(scale.replicas));
@@ -261,7 +273,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     }
     if (!existing) {
       auto created = client_->Create(kube::kDeployments, ns, *desired_dep);
-      if (!created.ok() && !created.status().IsAlreadyExists()) return {created.status()};
+      if (!created.ok() && !created.status().IsAlreadyExists()) return fail(created.status());
       if (created.ok())
         events_->Record(pool, "Normal", "CreatedDeployment", "Created router Deployment " + dep_name);
     } else {
@@ -271,7 +283,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
         LogInfo("updating deployment", {{"pool", key}, {"deployment", dep_name},
                                         {"fields", Join(update->changed_fields)}});
         auto updated = client_->Update(kube::kDeployments, update->object);
-        if (!updated.ok()) return {updated.status()};
+        if (!updated.ok()) return fail(updated.status());
       }
     }
     auto desired_svc = BuildRouterService(pool);
@@ -280,7 +292,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     kube::ObjectPtr svc = caches_.services->Get(ns + "/" + svc_name);
     if (!svc) {
       auto created = client_->Create(kube::kServices, ns, *desired_svc);
-      if (!created.ok() && !created.status().IsAlreadyExists()) return {created.status()};
+      if (!created.ok() && !created.status().IsAlreadyExists()) return fail(created.status());
       if (created.ok())
         events_->Record(pool, "Normal", "CreatedService", "Created router Service " + svc_name);
     } else if (ControllerUid(*svc) == identity->uid) {
@@ -288,7 +300,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
         LogInfo("updating service", {{"pool", key}, {"service", svc_name},
                                      {"fields", Join(update->changed_fields)}});
         auto updated = client_->Update(kube::kServices, update->object);
-        if (!updated.ok()) return {updated.status()};
+        if (!updated.ok()) return fail(updated.status());
       }
     }
   }

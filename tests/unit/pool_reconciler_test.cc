@@ -569,8 +569,15 @@ TEST_F(PoolReconcilerTest, ApiFailureOnCreateIsReturnedSoTheQueueRetriesAndARetr
   ASSERT_FALSE(r.status.ok());
   EXPECT_EQ(r.status.code(), StatusCode::kUnavailable) << r.status.ToString();
   EXPECT_EQ(client_.ObjectCount(kReplicaSets), 0u);
+  // The pool says why it is stuck.
+  EXPECT_EQ(ConditionField(GetPool(), "Degraded", "status"), "True");
+  EXPECT_EQ(ConditionField(GetPool(), "Degraded", "reason"), "ReconcileError");
+  EXPECT_NE(ConditionField(GetPool(), "Degraded", "message").find("etcdserver: request timed out"),
+            std::string::npos);
 
+  WaitForCaches();
   ReconcileOk();
+  EXPECT_EQ(ConditionField(GetPool(), "Degraded", "status"), "False");
   EXPECT_EQ(ReplicaSets("prefill").size(), 1u);
   EXPECT_EQ(ReplicaSets("decode").size(), 1u);
   EXPECT_TRUE(client_.Get(kDeployments, kNs, "llama-router").ok());
