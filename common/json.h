@@ -50,4 +50,10 @@ inline std::string JsonStringAt(const Json& obj, std::initializer_list<std::stri
   return v != nullptr && v->is_string() ? v->get<std::string>() : std::string();
 }
 
+// Whether every field of `subset` is present with an equal value in `superset` (objects
+// recursively, arrays element by element with equal length). Fields only in `superset` (server
+// defaults) do not count; a null in `subset` means "absent or null". Lets writers skip writes
+// that would change nothing.
+bool JsonContains(const Json& superset, const Json& subset);
+
 }  // namespace pdpool

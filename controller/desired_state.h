@@ -173,9 +173,5 @@ std::optional<ObjectUpdate> DeploymentUpdate(const Json& existing, const Json& d
 // Service: also spec.type, spec.selector and spec.ports; clusterIP(s) stay as assigned.
 std::optional<ObjectUpdate> ServiceUpdate(const Json& existing, const Json& desired);
 
-// Whether every field of `subset` is present with an equal value in `superset` (objects
-// recursively, arrays element by element with equal length). Fields only in `superset` — server
-// defaults — do not count.
-bool JsonContains(const Json& superset, const Json& subset);
 
 }  // namespace pdpool::controller

@@ -39,32 +39,6 @@ bool HasDeletionTimestamp(const Json& pod) {
 
 bool IsTerminalPhase(const std::string& phase) { return phase == "Succeeded" || phase == "Failed"; }
 
-// `want` is contained in `have`: every object key of `want` present with a contained value,
-// arrays of equal length element by element, scalars equal. Lets the node skip status writes
-// that would change nothing, while ignoring fields the server adds (lastProbeTime: null).
-bool JsonSubset(const Json& want, const Json& have) {
-  if (want.is_object()) {
-    if (!have.is_object()) return false;
-    for (const auto& [key, value] : want.items()) {
-      auto it = have.find(key);
-      if (it == have.end()) {
-        if (value.is_null()) continue;
-        return false;
-      }
-      if (!JsonSubset(value, *it)) return false;
-    }
-    return true;
-  }
-  if (want.is_array()) {
-    if (!have.is_array() || have.size() != want.size()) return false;
-    for (size_t i = 0; i < want.size(); ++i) {
-      if (!JsonSubset(want[i], have[i])) return false;
-    }
-    return true;
-  }
-  return want == have;
-}
-
 // Stable pseudo-identifiers for nodeInfo (machineID and friends), derived from the node name
 // so they survive agent restarts.
 std::string HexId(const std::string& seed) {
@@ -821,7 +795,7 @@ void SimNode::SyncPod(const std::string& uid) {
   Json desired =
       BuildPodStatus(*pod, *st.run, st.ip, options_.host_ip, st.start_time, clock_->WallNow());
   bool terminal = IsTerminalPhase(desired.value("phase", ""));
-  if (!JsonSubset(desired, JsonGet<Json>(*pod, "/status", Json::object()))) {
+  if (!JsonContains(JsonGet<Json>(*pod, "/status", Json::object()), desired)) {
     // metadata.uid makes the patch conditional on this very pod, as a kubelet's status
     // manager does.
     Json patch = {{"metadata", {{"uid", uid}}}, {"status", desired}};

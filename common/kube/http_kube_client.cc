@@ -257,7 +257,8 @@ class HttpKubeClient final : public KubeClient {
           stream_status = Status::Internal(what + ": malformed watch event");
           return false;
         }
-        WatchEvent ev{event.value("type", ""), event.value("object", Json::object())};
+        WatchEvent ev{event.value("type", ""), Json::object()};
+        if (auto obj = event.find("object"); obj != event.end()) ev.object = std::move(*obj);
         if (ev.type == "ERROR") {
           int code = ev.object.value("code", 500);
           stream_status = ErrorFromResponse(code, ev.object.dump(), what);

@@ -33,9 +33,7 @@ void WorkQueue::AddLocked(const std::string& key) {
   cv_.notify_one();
 }
 
-std::optional<std::string> WorkQueue::Get() {
-  std::unique_lock lock(mu_);
-  cv_.wait(lock, [this] { return !queue_.empty() || shutting_down_; });
+std::optional<std::string> WorkQueue::PopLocked() {
   if (queue_.empty()) return std::nullopt;
   std::string key = std::move(queue_.front());
   queue_.pop_front();
@@ -44,15 +42,16 @@ std::optional<std::string> WorkQueue::Get() {
   return key;
 }
 
+std::optional<std::string> WorkQueue::Get() {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [this] { return !queue_.empty() || shutting_down_; });
+  return PopLocked();
+}
+
 std::optional<std::string> WorkQueue::GetFor(Duration timeout) {
   std::unique_lock lock(mu_);
   cv_.wait_for(lock, timeout, [this] { return !queue_.empty() || shutting_down_; });
-  if (queue_.empty()) return std::nullopt;
-  std::string key = std::move(queue_.front());
-  queue_.pop_front();
-  processing_.insert(key);
-  dirty_.erase(key);
-  return key;
+  return PopLocked();
 }
 
 void WorkQueue::Done(const std::string& key) {

@@ -82,6 +82,8 @@ class WorkQueue {
 
  private:
   void AddLocked(const std::string& key);
+  // Takes the next key into processing, or nullopt when the queue is empty.
+  std::optional<std::string> PopLocked();
   size_t ProcessDueItemsLocked();
   void DelayLoop();
 
