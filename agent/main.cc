@@ -9,6 +9,8 @@
 
 #include "agent/node/node_agent.h"
 #include "agent/node/status_only_pod_runner.h"
+#include "agent/router/router_command.h"
+#include "agent/worker/worker_command.h"
 #include "common/clock.h"
 #include "common/kube/http_kube_client.h"
 #include "common/kube/kubeconfig.h"
@@ -132,9 +134,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}))
       ->capture_default_str();
   NodeCommand node(app);
+  agent::RouterCommand router(app);
+  agent::WorkerCommand worker(app);
 
   CLI11_PARSE(app, argc, argv);
   SetLogLevel(log_level);
   if (node.command->parsed()) return RunNode(node);
+  if (worker.parsed()) return worker.Run();
+  if (router.parsed()) return router.Run();
   return 2;
 }

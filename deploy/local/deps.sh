@@ -7,7 +7,8 @@
 set -euo pipefail
 
 # Build: compiler, CMake/Ninja, libraries (see DESIGN.md "Dependencies").
-# Test services: etcd and the Go toolchain + rsync + reflect2 that deploy/local/cluster.sh needs
+# Test services: prometheus (promtool checks the metrics expositions; the server for the
+# integration tests and the rack demo), etcd and the Go toolchain + rsync + reflect2 that deploy/local/cluster.sh needs
 # to build kube-apiserver & co. from Debian's source package; make drives that build.
 readonly PACKAGES=(
   cmake ninja-build g++ make pkg-config
@@ -15,6 +16,7 @@ readonly PACKAGES=(
   libcli11-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev
   etcd-server golang-go rsync golang-github-modern-go-reflect2-dev
   clang-format openssl curl
+  prometheus
 )
 
 log() { echo "deps.sh: $*" >&2; }
@@ -40,17 +42,37 @@ mapfile -t missing < <(not_installed "${PACKAGES[@]}")
 # kubectl: normally on the image (/usr/bin/kubectl); Debian's kubernetes-client is the fallback.
 if ! command -v kubectl >/dev/null; then missing+=(kubernetes-client); fi
 
-if ((${#missing[@]} == 0)); then
-  log "all dependencies are installed"
-  exit 0
-fi
+install_debian_packages() {
+  if ((${#missing[@]} == 0)); then
+    log "all Debian packages are installed"
+    return
+  fi
+  log "installing: ${missing[*]}"
+  as_root apt-get update -q || fail "step 'apt-get update' failed"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    "${missing[@]}" || fail "step 'apt-get install ${missing[*]}' failed"
 
-log "installing: ${missing[*]}"
-as_root apt-get update -q || fail "step 'apt-get update' failed"
-as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-  "${missing[@]}" || fail "step 'apt-get install ${missing[*]}' failed"
+  mapfile -t still < <(not_installed "${missing[@]}")
+  ((${#still[@]} == 0)) || fail "step 'verify' failed: still not installed: ${still[*]}"
+  command -v kubectl >/dev/null || fail "step 'verify' failed: kubectl not on PATH"
+  log "installed: ${missing[*]}"
+}
 
-mapfile -t still < <(not_installed "${missing[@]}")
-((${#still[@]} == 0)) || fail "step 'verify' failed: still not installed: ${still[*]}"
-command -v kubectl >/dev/null || fail "step 'verify' failed: kubectl not on PATH"
-log "installed: ${missing[*]}"
+# npm packages the tests drive pdpool with (the official `openai` client), pinned by
+# tests/e2e/package-lock.json; installed into tests/e2e/node_modules (git-ignored).
+install_npm_packages() {
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/tests/e2e"
+  [[ -f "$dir/package-lock.json" ]] || return 0
+  command -v npm >/dev/null || fail "npm not found (Node.js 20 + npm are expected on the image)"
+  if [[ -d "$dir/node_modules" && "$dir/node_modules/.package-lock.json" -nt "$dir/package-lock.json" ]]; then
+    log "npm packages are installed"
+    return
+  fi
+  log "installing npm packages in $dir"
+  npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2 ||
+    fail "step 'npm ci' in $dir failed"
+}
+
+install_debian_packages
+install_npm_packages

@@ -3,7 +3,6 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,7 +19,6 @@
 #include "common/kube/http_kube_client.h"
 #include "common/kube/kubeconfig.h"
 
-extern char** environ;
 
 namespace pdpool::testing {
 namespace {
@@ -44,46 +42,6 @@ std::string Lower(std::string s) {
 }
 
 }  // namespace
-
-ChildProcess::~ChildProcess() {
-  if (!reaped_) Stop(std::chrono::seconds(5));
-}
-
-bool ChildProcess::Running() {
-  if (reaped_) return false;
-  int status = 0;
-  pid_t r = waitpid(pid_, &status, WNOHANG);
-  if (r == pid_) {
-    reaped_ = true;
-    status_ = status;
-    return false;
-  }
-  return true;
-}
-
-int ChildProcess::Stop(Duration grace) {
-  if (!reaped_) {
-    kill(pid_, SIGTERM);
-    auto deadline = std::chrono::steady_clock::now() + grace;
-    while (Running() && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    if (Running()) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, &status_, 0);
-      reaped_ = true;
-    }
-  }
-  if (WIFEXITED(status_)) return WEXITSTATUS(status_);
-  if (WIFSIGNALED(status_)) return -WTERMSIG(status_);
-  return -1;
-}
-
-void ChildProcess::Kill() {
-  if (reaped_) return;
-  kill(pid_, SIGKILL);
-  waitpid(pid_, &status_, 0);
-  reaped_ = true;
-}
 
 TestEnv::TestEnv() {
   kubeconfig_ = Env("PDPOOL_KUBECONFIG", PDPOOL_DEFAULT_KUBECONFIG);
@@ -181,24 +139,13 @@ void TestEnv::InstallCrd() {
 
 ChildProcess* TestEnv::Start(const std::string& name, const std::string& binary,
                              const std::vector<std::string>& args) {
-  std::string log_path = log_dir_ + "/" + name + ".log";
-  std::vector<std::string> argv_s = {binary};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = 0;
-  int rc = posix_spawn(&pid, binary.c_str(), &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
-    ADD_FAILURE() << "spawn " << binary << ": " << strerror(rc);
+  std::string error;
+  auto child = SpawnProcess(name, binary, args, log_dir_ + "/" + name + ".log", &error);
+  if (!child) {
+    ADD_FAILURE() << error;
     return nullptr;
   }
-  children_.push_back(std::make_unique<ChildProcess>(name, pid, log_path));
+  children_.push_back(std::move(child));
   return children_.back().get();
 }
 

@@ -13,34 +13,13 @@
 
 #include "common/clock.h"
 #include "common/kube/kube_client.h"
+#include "tests/support/child_process.h"
 
 namespace pdpool::testing {
 
 struct CommandResult {
   int exit_code = -1;
   std::string output;  // stdout and stderr together
-};
-
-class ChildProcess {
- public:
-  ChildProcess(std::string name, pid_t pid, std::string log_path)
-      : name_(std::move(name)), pid_(pid), log_path_(std::move(log_path)) {}
-  ~ChildProcess();
-  const std::string& name() const { return name_; }
-  pid_t pid() const { return pid_; }
-  const std::string& log_path() const { return log_path_; }
-  bool Running();
-  // SIGTERM, then SIGKILL after `grace`; returns the exit status (or -signal).
-  int Stop(Duration grace = std::chrono::seconds(10));
-  // SIGKILL: a crash.
-  void Kill();
-
- private:
-  std::string name_;
-  pid_t pid_;
-  std::string log_path_;
-  bool reaped_ = false;
-  int status_ = 0;
 };
 
 class TestEnv {

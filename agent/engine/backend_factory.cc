@@ -1,0 +1,48 @@
+// NewBackend: see backend_factory.h.
+#include "agent/engine/backend_factory.h"
+
+#include <algorithm>
+
+#include "agent/engine/cpu/cpu_backend.h"
+#include "agent/engine/sim/sim_backend.h"
+#include "agent/model/weights.h"
+
+namespace pdpool::agent {
+
+StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options) {
+  if (options.block_size < 1 || options.block_size > 1024) {
+    return Status::InvalidArgument("--block-size " + std::to_string(options.block_size) +
+                                   ": must be 1..1024");
+  }
+  auto config = ResolveModelConfig(options.model, options.weights);
+  if (!config.ok()) return config.status();
+  if (options.backend == "cpu") {
+    auto weights = LoadWeights(*config, options.weights);
+    if (!weights.ok()) return weights.status();
+    int blocks = options.num_kv_blocks;
+    if (blocks <= 0) {
+      const int64_t block_bytes = config->KvBytesPerToken(4) * options.block_size;
+      blocks = static_cast<int>(std::clamp<int64_t>(options.kv_cache_bytes / block_bytes, 1, 1 << 20));
+    }
+    return NewCpuBackend(std::move(*config), std::move(*weights), options.block_size, blocks);
+  }
+  if (options.backend == "sim") {
+    SimBackendOptions sim;
+    sim.model = std::move(*config);
+    sim.gpu = options.gpu;
+    sim.tensor_parallel = options.tensor_parallel;
+    sim.calibration_file = options.calibration_file;
+    sim.block_size = options.block_size;
+    sim.num_blocks = options.num_kv_blocks;
+    sim.gpu_memory_utilization = options.gpu_memory_utilization;
+    return NewSimBackend(sim);
+  }
+  if (options.backend == "cuda") {
+    return Status::InvalidArgument(
+        "backend \"cuda\" is not built into this binary yet (the CUDA engine is its own "
+        "milestone); use cpu or sim");
+  }
+  return Status::InvalidArgument("backend \"" + options.backend + "\": must be cpu, sim or cuda");
+}
+
+}  // namespace pdpool::agent

@@ -1,0 +1,63 @@
+// Model weights in float32 host memory: the Llama tensors in Hugging Face layouts, made from a
+// seed (DummyWeights, like vLLM's --load-format dummy) or loaded from safetensors, and the
+// resolution of --model / --weights flags into a ModelConfig. Plain values and free functions;
+// thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/model/model_config.h"
+#include "common/status.h"
+
+namespace pdpool::agent {
+
+// Row-major; shape {rows, cols} for matrices, {n} for vectors.
+struct Tensor {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+
+  int64_t NumElements() const;
+};
+
+// HF layouts ([out, in] for projections): q_proj [heads*head_dim, hidden], k/v_proj
+// [kv_heads*head_dim, hidden], o_proj [hidden, heads*head_dim], gate/up [inter, hidden],
+// down [hidden, inter], norms [hidden].
+struct LayerWeights {
+  Tensor attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down;
+};
+
+struct ModelWeights {
+  Tensor embed;  // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  Tensor final_norm;  // [hidden]
+  Tensor lm_head;     // [vocab, hidden]; empty when the config ties it to embed
+};
+
+// Deterministic weights: the same (config, seed) gives the same bytes on every machine
+// (integer hash stream, IEEE arithmetic only). Projections are uniform in ±1/sqrt(fan_in),
+// norms uniform in 1 ± 0.05.
+ModelWeights DummyWeights(const ModelConfig& config, uint64_t seed);
+
+// spec: "dummy:<seed>" (or "dummy", seed 0), or a path: a directory holding model.safetensors
+// or model.safetensors.index.json, an index file, or a single .safetensors file. Tensors are
+// checked against the config's shapes; errors name the file and the tensor.
+StatusOr<ModelWeights> LoadWeights(const ModelConfig& config, std::string_view spec);
+
+// model_flag: a preset name, or ""/"auto" to read config.json beside the weights (the
+// directory, or the directory of the file). Dummy weights need a preset.
+StatusOr<ModelConfig> ResolveModelConfig(std::string_view model_flag,
+                                         std::string_view weights_spec);
+
+// Every tensor present with the shape the config implies (lm_head empty iff tied).
+Status CheckWeightShapes(const ModelConfig& config, const ModelWeights& weights);
+
+// Writes `dir`/model.safetensors (HF tensor names; dtype "F32", "BF16" or "F16") and
+// `dir`/config.json, creating `dir` if needed: a checkpoint LoadWeights and
+// ResolveModelConfig("auto", dir) read back.
+Status SaveWeights(const ModelConfig& config, const ModelWeights& weights, const std::string& dir,
+                   std::string_view dtype = "F32");
+
+}  // namespace pdpool::agent

@@ -1,0 +1,69 @@
+// The `tcp` KV transport: a stream of length-prefixed, CRC-32C-checksummed block frames over one
+// TCP connection per transfer, authenticated by the pool token, with an idle timeout on every
+// read and write and a deadline for the whole transfer. Wire format (little-endian):
+//   hello:  "PDKV" u16 version=1 u16 token_len token u64 reservation u32 num_tokens u32 num_blocks
+//   block:  u32 index u32 tokens u32 payload_len u32 crc32c(payload) payload     (num_blocks ×)
+//   reply:  u8 status (0 ok) u16 message_len message         (after the last block, or on error)
+// TcpKvSender is thread-safe; TcpKvReceiver serves each connection on its own thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "agent/transport/kv_transport.h"
+
+namespace pdpool::agent {
+
+struct TcpKvOptions {
+  std::string token;                                      // the pool's shared secret
+  std::chrono::milliseconds io_timeout{10'000};           // longest wait for any read or write
+  std::chrono::milliseconds transfer_timeout{120'000};    // whole transfer
+  // Fault injection for tests of broken transfers: the sender sleeps this long before each block.
+  std::chrono::milliseconds fault_delay_per_block{0};
+};
+
+class TcpKvSender final : public KvSender {
+ public:
+  explicit TcpKvSender(TcpKvOptions options) : options_(std::move(options)) {}
+  StatusOr<KvTransferStats> Send(const KvDestination& destination, int32_t num_tokens,
+                                 int32_t block_size, const KvBlockReader& read) override;
+
+ private:
+  TcpKvOptions options_;
+};
+
+class TcpKvReceiver {
+ public:
+  TcpKvReceiver(TcpKvOptions options, KvSink* sink);
+  ~TcpKvReceiver();
+
+  // Listens on host:port (0: any free port, see port()).
+  Status Start(const std::string& host, int port);
+  void Stop();
+  int port() const { return port_; }
+
+ private:
+  void AcceptLoop();
+  void Serve(int fd);
+
+  TcpKvOptions options_;
+  KvSink* sink_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::thread accept_thread_;
+  std::mutex mu_;
+  struct Connection {
+    int fd;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+  std::list<Connection> connections_;
+};
+
+}  // namespace pdpool::agent

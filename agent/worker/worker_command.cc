@@ -1,0 +1,180 @@
+// `pdpool-agent worker`: see worker_command.h.
+#include "agent/worker/worker_command.h"
+
+#include <condition_variable>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/signals.h"
+
+namespace pdpool::agent {
+
+namespace {
+
+StatusOr<std::string> ReadToken(const std::string& path) {
+  if (path.empty()) {
+    return Status::InvalidArgument(
+        "--auth-token-file is required: the pool's shared token, which every router and worker "
+        "request must carry (the controller keeps it in a Secret per pool)");
+  }
+  std::ifstream in(path);
+  if (!in) return Status::InvalidArgument("--auth-token-file " + path + ": cannot read");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string token = ss.str();
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front()))) token.erase(0, 1);
+  if (token.empty()) return Status::InvalidArgument("--auth-token-file " + path + " is empty");
+  return token;
+}
+
+}  // namespace
+
+WorkerCommand::WorkerCommand(CLI::App& app) {
+  command_ = app.add_subcommand(
+      "worker",
+      "Run one inference worker of a pool: model weights, paged KV cache, continuous-batching "
+      "scheduler and an engine backend; prefill workers push each prompt's KV into the blocks a "
+      "decode worker reserved for it. Serves the pool's internal protocol (token required) and "
+      "/healthz, /readyz, /metrics.");
+  auto* c = command_;
+  // A flag given twice takes its last value, so scripts can append overrides.
+  c->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  c->add_option("--role", role_, "prefill, decode or both")
+      ->check(CLI::IsMember({"prefill", "decode", "both"}))
+      ->capture_default_str();
+  c->add_option("--backend", backend_.backend, "cpu, sim (cuda: the CUDA engine)")
+      ->check(CLI::IsMember({"cpu", "sim", "cuda"}))
+      ->capture_default_str();
+  c->add_option("--model,--model-preset", backend_.model,
+                "shape preset (test-tiny, llama-3.2-1b, llama-3.1-8b, llama-3.1-70b, "
+                "llama-3.1-405b), or auto: config.json beside --weights");
+  c->add_option("--weights", backend_.weights,
+                "dummy:<seed> (deterministic dummy weights) or a Hugging Face safetensors "
+                "directory/file")
+      ->capture_default_str();
+  c->add_option("--model-path", model_path_, "same as --weights <path>");
+  c->add_option("--dummy-seed", dummy_seed_, "same as --weights dummy:<seed>");
+  c->add_option("--served-model-name,--model-name", server_.served_model_name,
+                "model name reported to routers (default: the preset)");
+  c->add_option("--tensor-parallel", backend_.tensor_parallel, "GPUs of this replica (sim: modeled)")
+      ->capture_default_str();
+  c->add_option("--gpu", backend_.gpu, "sim: modeled GPU (H100, H200, B200, GB200 or a "
+                                       "nvidia.com/gpu.product value)")
+      ->capture_default_str();
+  c->add_option("--calibration-file", backend_.calibration_file,
+                "sim: efficiency factors (default: built in)");
+  c->add_option("--gpu-memory-utilization", backend_.gpu_memory_utilization,
+                "sim: fraction of GPU memory for weights + KV")
+      ->capture_default_str();
+  c->add_option("--block-size", backend_.block_size, "KV block size in tokens")->capture_default_str();
+  c->add_option("--num-kv-blocks", backend_.num_kv_blocks,
+                "KV blocks (0: from --kv-cache-bytes on cpu, from GPU memory on sim)")
+      ->capture_default_str();
+  c->add_option("--kv-cache-bytes", backend_.kv_cache_bytes, "cpu: KV cache budget in bytes")
+      ->capture_default_str();
+  c->add_option("--max-model-len", scheduler_.max_model_len,
+                "longest sequence, prompt + output (0: the model's, at most 32768)")
+      ->capture_default_str();
+  scheduler_.max_model_len = 0;
+  c->add_option("--max-running", scheduler_.max_running, "sequences in the running batch")
+      ->capture_default_str();
+  c->add_option("--max-waiting", scheduler_.max_waiting, "admitted requests waiting to run")
+      ->capture_default_str();
+  c->add_option("--max-batched-tokens", scheduler_.max_batched_tokens, "token budget per step")
+      ->capture_default_str();
+  c->add_option("--host", server_.host, "listen address")->capture_default_str();
+  c->add_option("--port", server_.port, "HTTP port (0: any)")->capture_default_str();
+  c->add_option("--kv-port", server_.kv_port, "tcp KV receiver port (0: any)")->capture_default_str();
+  c->add_option("--advertise-host", server_.advertise_host,
+                "address peers use to reach this worker (default: $POD_IP, else 127.0.0.1)");
+  c->add_option("--kv-transport", kv_transport_, "auto or tcp (cuda-ipc, nccl: CUDA engine)")
+      ->check(CLI::IsMember({"auto", "tcp", "cuda-ipc", "nccl"}))
+      ->capture_default_str();
+  c->add_option("--auth-token-file", auth_token_file_, "the pool's shared token (required)");
+  c->add_option("--http-threads", server_.http_threads, "HTTP server threads")->capture_default_str();
+  c->add_option("--drain-timeout", drain_timeout_s_,
+                "seconds to finish in-flight work after SIGTERM")
+      ->capture_default_str();
+  c->add_option("--fault-kv-block-delay-ms", fault_kv_block_delay_ms_,
+                "fault injection for tests: sleep before sending each KV block");
+}
+
+int WorkerCommand::Run() {
+  auto role = ParseWorkerRole(role_);
+  auto token = ReadToken(auth_token_file_);
+  if (!token.ok()) {
+    LogError("invalid flags", {{"error", token.status().message()}});
+    return 2;
+  }
+  if (kv_transport_ == "cuda-ipc" || kv_transport_ == "nccl") {
+    LogError("invalid flags", {{"error", "--kv-transport " + kv_transport_ +
+                                             " needs the cuda backend, not built into this binary; "
+                                             "use tcp or auto"}});
+    return 2;
+  }
+  if (!model_path_.empty()) backend_.weights = model_path_;
+  if (dummy_seed_ >= 0) backend_.weights = "dummy:" + std::to_string(dummy_seed_);
+  server_.role = *role;
+  server_.auth_token = *token;
+  server_.fault_kv_block_delay = std::chrono::milliseconds(fault_kv_block_delay_ms_);
+  if (server_.advertise_host.empty() || server_.advertise_host == "127.0.0.1") {
+    const char* pod_ip = std::getenv("POD_IP");
+    if (pod_ip != nullptr && *pod_ip != '\0') server_.advertise_host = pod_ip;
+  }
+  if (server_.served_model_name.empty()) {
+    server_.served_model_name = backend_.model.empty() ? "model" : backend_.model;
+  }
+
+  WorkerServer server(server_, &RealClock::Instance());
+  if (Status s = server.Start(); !s.ok()) {
+    LogError("cannot start worker", {{"error", s.ToString()}});
+    return 1;
+  }
+  LogInfo("worker listening", {{"role", role_}, {"port", server.port()}, {"kv_port", server.kv_port()}});
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stop = false;
+  OnTerminationSignal([&] {
+    std::lock_guard lock(mu);
+    stop = true;
+    cv.notify_all();
+  });
+
+  auto backend = NewBackend(backend_);
+  if (!backend.ok()) {
+    LogError("cannot load the model", {{"backend", backend_.backend}, {"model", backend_.model},
+                                       {"weights", backend_.weights},
+                                       {"error", backend.status().ToString()}});
+    server.Stop();
+    return 1;
+  }
+  SchedulerConfig config = scheduler_;
+  config.block_size = backend_.block_size;
+  config.eos_token_id = (*backend)->model().eos_token_id;
+  if (config.max_model_len <= 0) {
+    config.max_model_len = std::min((*backend)->model().max_position_embeddings, 32768);
+  }
+  const int32_t kv_blocks = (*backend)->kv_layout().num_blocks;
+  const std::string backend_name((*backend)->name());
+  server.SetEngine(std::make_unique<Engine>(std::move(*backend), config, &RealClock::Instance()));
+  LogInfo("worker ready", {{"role", role_}, {"backend", backend_name}, {"kv_blocks", kv_blocks},
+                           {"max_model_len", config.max_model_len}});
+
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return stop; });
+  }
+  LogInfo("SIGTERM: draining", {{"grace_seconds", drain_timeout_s_}});
+  server.Drain(std::chrono::milliseconds(static_cast<int64_t>(drain_timeout_s_ * 1000)));
+  server.Stop();
+  LogInfo("worker stopped");
+  return 0;
+}
+
+}  // namespace pdpool::agent

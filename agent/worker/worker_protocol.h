@@ -1,0 +1,51 @@
+// The internal HTTP protocol between a pool's router and its workers (and between workers),
+// shared by both sides so paths and field names live in one place. Every endpoint here requires
+// `Authorization: Bearer <pool token>` (--auth-token-file); without it: 401 and no effect.
+// JSON bodies; errors are {"error": "<message>"} with a 4xx/5xx status.
+//
+// Disaggregated request (router drives it):
+//   1. POST kReservePath to a decode worker
+//        {"request_id": "cmpl-1", "prompt_tokens": 37, "max_tokens": 16}
+//      → 200 {"reservation_id": 7, "blocks": [3, 4, 9], "block_size": 16,
+//             "kv_address": "127.0.0.1:40123", "expires_ms": 30000}
+//      → 503 {"error": ...} when it has no free KV blocks or is draining (router tries another).
+//   2. POST kPrefillPath to a prefill worker
+//        {"request_id": "cmpl-1", "prompt_token_ids": [...],
+//         "sampling": {"temperature": 0.7, "top_p": 0.9, "seed": 1},
+//         "destination": {"transport": "tcp", "kv_address": "127.0.0.1:40123",
+//                         "reservation_id": 7, "blocks": [3, 4, 9]}}
+//      The prefill worker computes the prompt's KV, samples the first token, pushes the KV into
+//      the destination blocks through the transport, then answers
+//      → 200 {"first_token": 1234, "prompt_tokens": 37, "kv_bytes": 4096,
+//             "kv_transfer_seconds": 0.0012}
+//      → 5xx on failure (the decode side frees the reservation when a transfer breaks; the
+//        router releases it too, reserves again and retries on another prefill worker).
+//   3. POST kDecodePath to the same decode worker
+//        {"reservation_id": 7, "first_token": 1234, "max_tokens": 16,
+//         "sampling": {...}, "ignore_eos": false}
+//      → 200, chunked NDJSON, one line per generated token after the first:
+//        {"token": 42}\n ... then a last line {"finish_reason": "length"|"stop"}\n
+//        or {"error": "..."}\n if the sequence fails. Closing the connection cancels it.
+//   POST kReleasePath {"reservation_id": 7} → 200 (idempotent; frees unclaimed blocks).
+// Aggregated request (role both):
+//   POST kGeneratePath {"request_id", "prompt_token_ids", "max_tokens", "sampling",
+//                       "ignore_eos"} → the same NDJSON stream, first token included.
+// Status (router's worker selection, the planner, operators):
+//   GET kInfoPath → {"role": "decode", "backend": "cpu", "model": "test-tiny",
+//                    "ready": true, "draining": false, "block_size": 16, "kv_blocks_total": 512,
+//                    "kv_blocks_free": 500, "kv_usage_ratio": 0.02, "running": 1, "waiting": 0,
+//                    "outstanding_prefill_tokens": 0, "max_model_len": 2048,
+//                    "kv_address": "127.0.0.1:40123"}
+//   GET /healthz, /readyz, /metrics (no token needed: probes and Prometheus).
+#pragma once
+
+namespace pdpool::agent::protocol {
+
+inline constexpr const char* kReservePath = "/internal/v1/reserve";
+inline constexpr const char* kReleasePath = "/internal/v1/release";
+inline constexpr const char* kPrefillPath = "/internal/v1/prefill";
+inline constexpr const char* kDecodePath = "/internal/v1/decode";
+inline constexpr const char* kGeneratePath = "/internal/v1/generate";
+inline constexpr const char* kInfoPath = "/internal/v1/info";
+
+}  // namespace pdpool::agent::protocol
