@@ -140,21 +140,62 @@ Json MergePodSpec(const Json& base, const Json& patch) {
 
 std::string Dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_handler_t::replace); }
 
+// The agent's canonical flags (its aliases --model-preset, --model-name, --model-path and
+// --dummy-seed still parse, but templates written with them would hash differently for nothing).
 std::vector<std::string> WorkerArgs(const PoolSpec& spec, WorkerRole role) {
   const RoleSpec& r = role == WorkerRole::kPrefill ? spec.prefill : spec.decode;
   std::vector<std::string> args = {"worker", "--role=" + std::string(WorkerRoleName(role)),
                                    "--backend=" + spec.backend};
-  if (!spec.model.preset.empty()) args.push_back("--model-preset=" + spec.model.preset);
-  if (!spec.model.name.empty()) args.push_back("--model-name=" + spec.model.name);
+  if (!spec.model.preset.empty()) args.push_back("--model=" + spec.model.preset);
+  if (!spec.model.name.empty()) args.push_back("--served-model-name=" + spec.model.name);
   if (!spec.model.source_path.empty()) {
-    args.push_back("--model-path=" + spec.model.source_path);
+    args.push_back("--weights=" + spec.model.source_path);
   } else if (spec.model.dummy_seed.has_value()) {
-    args.push_back("--dummy-seed=" + std::to_string(*spec.model.dummy_seed));
+    args.push_back("--weights=dummy:" + std::to_string(*spec.model.dummy_seed));
   }
   args.push_back("--tensor-parallel=" + std::to_string(r.gpus_per_replica));
   args.push_back("--kv-transport=" + spec.kv_transport);
   args.push_back("--port=" + std::to_string(kWorkerPort));
+  args.push_back(std::string("--auth-token-file=") + kTokenFile);
   return args;
+}
+
+Json TokenVolume(const PoolIdentity& id) {
+  // 0440, not the default 0644: nothing but the pod's own user and group needs the token (a
+  // sidecar under another uid should not read it). The kubelet gives the files the pod's
+  // fsGroup, so a pod that runs as non-root must set spec.securityContext.fsGroup (through
+  // spec.template) to read it.
+  return {{"name", kTokenVolume},
+          {"secret", {{"secretName", PoolTokenSecretName(id.name)}, {"defaultMode", 0440}}}};
+}
+
+Json TokenMount() {
+  return {{"name", kTokenVolume}, {"mountPath", kTokenMountPath}, {"readOnly", true}};
+}
+
+// Puts `item` into the array at (*obj)[key], replacing an entry with the same name.
+void UpsertNamed(Json* obj, const char* key, const Json& item) {
+  Json& list = (*obj)[key];
+  if (!list.is_array()) list = Json::array();
+  for (Json& existing : list) {
+    if (NameOf(existing) == NameOf(item)) {
+      existing = item;
+      return;
+    }
+  }
+  list.push_back(item);
+}
+
+// The token volume in the pod spec and its mount in `container`, whatever overrides did to them.
+void ApplyTokenVolume(const PoolIdentity& id, const char* container, Json* tmpl) {
+  Json& pod_spec = (*tmpl)["spec"];
+  if (!pod_spec.is_object()) pod_spec = Json::object();
+  UpsertNamed(&pod_spec, "volumes", TokenVolume(id));
+  Json& containers = pod_spec["containers"];
+  if (!containers.is_array()) return;
+  for (Json& c : containers) {
+    if (c.is_object() && NameOf(c) == container) UpsertNamed(&c, "volumeMounts", TokenMount());
+  }
 }
 
 StatusOr<Json> WorkerPodTemplate(const PoolIdentity& id, const PoolSpec& spec, WorkerRole role,
@@ -174,12 +215,15 @@ StatusOr<Json> WorkerPodTemplate(const PoolIdentity& id, const PoolSpec& spec, W
       {"livenessProbe", HttpProbe("/healthz", 10, 3)},
       // Loading a large model's weights can take minutes; liveness only starts after this.
       {"startupProbe", HttpProbe("/healthz", 10, 90)},
+      {"volumeMounts", Json::array({TokenMount()})},
   };
   if (r.gpus_per_replica > 0) {
     const Json gpus = {{kGpuResource, std::to_string(r.gpus_per_replica)}};
     container["resources"] = {{"requests", gpus}, {"limits", gpus}};
   }
-  Json pod_spec = {{"containers", Json::array({container})}, {"terminationGracePeriodSeconds", 60}};
+  Json pod_spec = {{"containers", Json::array({container})},
+                  {"volumes", Json::array({TokenVolume(id)})},
+                  {"terminationGracePeriodSeconds", 60}};
   const std::string key = spec.topology.key.empty() ? kDefaultTopologyKey : spec.topology.key;
   if (Json affinity = WorkerAffinity(key, domain, policy); !affinity.is_null()) {
     pod_spec["affinity"] = std::move(affinity);
@@ -197,6 +241,7 @@ StatusOr<Json> WorkerPodTemplate(const PoolIdentity& id, const PoolSpec& spec, W
   for (auto it = labels.begin(); it != labels.end(); ++it) {
     tmpl["metadata"]["labels"][it.key()] = *it;
   }
+  ApplyTokenVolume(id, kWorkerContainer, &tmpl);
   return tmpl;
 }
 
@@ -227,22 +272,33 @@ StatusOr<Json> WorkerReplicaSet(const PoolIdentity& id, const PoolSpec& spec, Wo
                 {"template", std::move(*tmpl)}}}};
 }
 
+std::vector<std::string> RouterArgs(const PoolIdentity& id, const PoolSpec& spec) {
+  std::vector<std::string> args = {"router", "--pool=" + id.name,
+                                   "--namespace=" + id.namespace_name};
+  if (!spec.model.name.empty()) args.push_back("--served-model-name=" + spec.model.name);
+  args.push_back("--port=" + std::to_string(kRouterPort));
+  args.push_back(std::string("--auth-token-file=") + kTokenFile);
+  return args;
+}
+
 Json RouterDeployment(const PoolIdentity& id, const PoolSpec& spec) {
   const Json labels = PodLabels(kRouterAppName, id.name, kRouterRole);
   Json container = {
       {"name", kRouterContainer},
       {"image", spec.image},
       {"command", Json::array({"pdpool-agent"})},
-      {"args",
-       Json::array({"router", "--pool=" + id.name, "--port=" + std::to_string(kRouterPort)})},
+      {"args", RouterArgs(id, spec)},
       {"env", Json::array({FieldRefEnv("POD_NAME", "metadata.name"),
                            FieldRefEnv("POD_NAMESPACE", "metadata.namespace")})},
       {"ports",
        Json::array({{{"name", "http"}, {"containerPort", kRouterPort}, {"protocol", "TCP"}}})},
       {"readinessProbe", HttpProbe("/readyz", 5, 3)},
       {"livenessProbe", HttpProbe("/healthz", 10, 3)},
+      {"volumeMounts", Json::array({TokenMount()})},
   };
-  Json pod_spec = {{"containers", Json::array({container})}, {"terminationGracePeriodSeconds", 30}};
+  Json pod_spec = {{"containers", Json::array({container})},
+                   {"volumes", Json::array({TokenVolume(id)})},
+                   {"terminationGracePeriodSeconds", 30}};
   if (const Json* secrets = JsonPath(spec.template_overrides, {"spec", "imagePullSecrets"});
       secrets != nullptr && secrets->is_array()) {
     pod_spec["imagePullSecrets"] = *secrets;
@@ -281,6 +337,55 @@ StatusOr<Json> RouterService(const PoolIdentity& id) {
                                         {"port", kRouterServicePort},
                                         {"targetPort", kRouterPort},
                                         {"protocol", "TCP"}}})}}}};
+}
+
+std::string Base64(std::string_view in) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    const uint32_t n = (uint32_t{static_cast<unsigned char>(in[i])} << 16) |
+                       (uint32_t{static_cast<unsigned char>(in[i + 1])} << 8) |
+                       uint32_t{static_cast<unsigned char>(in[i + 2])};
+    for (int shift : {18, 12, 6, 0}) out.push_back(kAlphabet[(n >> shift) & 63]);
+  }
+  if (i < in.size()) {
+    uint32_t n = uint32_t{static_cast<unsigned char>(in[i])} << 16;
+    if (i + 1 < in.size()) n |= uint32_t{static_cast<unsigned char>(in[i + 1])} << 8;
+    out.push_back(kAlphabet[(n >> 18) & 63]);
+    out.push_back(kAlphabet[(n >> 12) & 63]);
+    out.push_back(i + 1 < in.size() ? kAlphabet[(n >> 6) & 63] : '=');
+    out.push_back('=');
+  }
+  return out;
+}
+
+// RFC 1123 subdomain, what Kubernetes requires of most object names (Secrets included).
+bool IsDnsSubdomain(std::string_view v) {
+  if (v.empty() || v.size() > 253) return false;
+  auto lower_alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (!lower_alnum(v.front()) || !lower_alnum(v.back())) return false;
+  return std::all_of(v.begin(), v.end(),
+                     [&](char c) { return lower_alnum(c) || c == '-' || c == '.'; });
+}
+
+StatusOr<Json> PoolTokenSecret(const PoolIdentity& id, std::string_view token) {
+  const std::string name = PoolTokenSecretName(id.name);
+  if (!IsDnsSubdomain(name)) {
+    return Status::InvalidArgument(
+        "metadata.name \"" + id.name + "\": the token Secret name \"" + name +
+        "\" must be a DNS subdomain (lower-case letters, digits, '-' and '.', starting and "
+        "ending with a letter or digit, at most 253 characters)");
+  }
+  if (token.empty()) return Status::InvalidArgument("pool token: empty");
+  const Json labels = {{kManagedByLabel, kManagedByValue}, {kPoolLabel, id.name}};
+  return Json{{"apiVersion", "v1"},
+              {"kind", "Secret"},
+              {"metadata", ObjectMeta(id, name, labels)},
+              {"type", "Opaque"},
+              {"data", {{kTokenKey, Base64(token)}}}};
 }
 
 template <typename Fn>
@@ -474,6 +579,18 @@ StatusOr<Json> BuildRouterService(const Json& pool) {
     StatusOr<PoolIdentity> id = ReadPoolIdentity(pool);
     if (!id.ok()) return id.status();
     return RouterService(*id);
+  });
+}
+
+std::string PoolTokenSecretName(std::string_view pool_name) {
+  return std::string(pool_name) + kTokenSecretSuffix;
+}
+
+StatusOr<Json> BuildPoolTokenSecret(const Json& pool, std::string_view token) {
+  return Guarded("building pool token Secret", [&]() -> StatusOr<Json> {
+    StatusOr<PoolIdentity> id = ReadPoolIdentity(pool);
+    if (!id.ok()) return id.status();
+    return PoolTokenSecret(*id, token);
   });
 }
 

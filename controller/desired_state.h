@@ -1,5 +1,6 @@
 // Desired state: the Kubernetes objects an InferencePool should own (a ReplicaSet per worker role
-// and template revision, the router Deployment and Service), the rollout plan between template
+// and template revision, the router Deployment and Service, the pool-token Secret), the rollout
+// plan between template
 // revisions, and the comparison that tells the reconciler whether an existing object needs a
 // write. Everything here is a pure function of its arguments: no client, no clock, no shared
 // state; safe to call from any thread.
@@ -36,6 +37,13 @@ inline constexpr char kRouterContainer[] = "router";
 inline constexpr int32_t kWorkerPort = 8000;
 inline constexpr int32_t kRouterPort = 8080;
 inline constexpr int32_t kRouterServicePort = 80;
+// The pool's shared token: Secret `<pool>-token`, key `token`, mounted into every worker and
+// router pod; each reads it with --auth-token-file.
+inline constexpr char kTokenSecretSuffix[] = "-token";
+inline constexpr char kTokenKey[] = "token";
+inline constexpr char kTokenVolume[] = "pool-token";
+inline constexpr char kTokenMountPath[] = "/var/run/pdpool/token";
+inline constexpr char kTokenFile[] = "/var/run/pdpool/token/token";
 }  // namespace wellknown
 
 enum class WorkerRole { kPrefill, kDecode };
@@ -58,11 +66,15 @@ StatusOr<PoolIdentity> ReadPoolIdentity(const Json& pool);
 Json PoolOwnerReference(const PoolIdentity& pool);
 
 // The pod template (a PodTemplateSpec) of a worker role, without the template-hash label:
-// labels, the `worker` container (image, `pdpool-agent worker ...` args, downward-API env, port
-// 8000 `http`, nvidia.com/gpu requests and limits of gpusPerReplica, probes), affinity from
-// WorkerAffinity(spec.topology.key, domain, policy), then spec.template merged on top (see
-// MergePodTemplate). The identity labels are applied again after the merge so the ReplicaSet
-// selector always matches.
+// labels, the `worker` container (image, `pdpool-agent worker --role --backend --model
+// --served-model-name --weights --tensor-parallel --kv-transport --port --auth-token-file`,
+// downward-API env, port 8000 `http`, nvidia.com/gpu requests and limits of gpusPerReplica,
+// probes), the `pool-token` volume (Secret `<pool>-token`) mounted read-only at
+// /var/run/pdpool/token, affinity from WorkerAffinity(spec.topology.key, domain, policy), then
+// spec.template merged on top (see MergePodTemplate). The identity labels, the token volume and
+// the worker's token mount are applied again after the merge: the ReplicaSet selector must
+// always match, and an override that lists its own volumes or volumeMounts (lists replace) must
+// not cut the worker off from its pool.
 StatusOr<Json> BuildWorkerPodTemplate(const Json& pool, const PoolSpec& spec, WorkerRole role,
                                       std::string_view domain, TopologyPolicy policy);
 
@@ -87,7 +99,9 @@ StatusOr<Json> BuildWorkerReplicaSet(const Json& pool, const PoolSpec& spec, Wor
                                      int32_t replicas);
 
 // The router Deployment `<pool>-router`: spec.router.replicas replicas of
-// `pdpool-agent router --pool=<name> --port=8080`, no GPUs, probes; selector {pool, role=router}.
+// `pdpool-agent router --pool=<name> --namespace=<ns> [--served-model-name=<spec.model.name>]
+// --port=8080 --auth-token-file=/var/run/pdpool/token/token` with the `pool-token` volume
+// mounted as on workers, no GPUs, probes; selector {pool, role=router}.
 // spec.template is not applied to it (GPU-node tolerations and affinity are for workers), except
 // spec.imagePullSecrets, since the router runs the same image. The template's hash is kept in
 // the annotation pdpool.dev/template-hash.
@@ -96,6 +110,15 @@ StatusOr<Json> BuildRouterDeployment(const Json& pool, const PoolSpec& spec);
 // The router Service `<pool>-router`: ClusterIP, port 80 (`http`) → 8080, selector
 // {pool, role=router}. InvalidArgument when `<pool>-router` is not a DNS-1035 label.
 StatusOr<Json> BuildRouterService(const Json& pool);
+
+// `<pool>-token`.
+std::string PoolTokenSecretName(std::string_view pool_name);
+
+// The Secret `<pool>-token` holding the pool's shared token: type Opaque, data.token = base64 of
+// `token`, labels {managed-by: pdpool, pool: <pool>}, the pool as controlling owner
+// (so the garbage collector deletes it with the pool). InvalidArgument when `token` is empty or
+// the name is not a DNS subdomain (lower-case letters, digits, '-' and '.', at most 253).
+StatusOr<Json> BuildPoolTokenSecret(const Json& pool, std::string_view token);
 
 struct DesiredObjects {
   Json prefill_replica_set;

@@ -59,6 +59,8 @@ Json ChildView(const Json& child) {
   view["deleting"] = JsonGet<Json>(child, "/metadata/deletionTimestamp", nullptr);
   view["replicas"] = JsonGet<Json>(child, "/status/replicas", nullptr);
   view["ready"] = JsonGet<Json>(child, "/status/readyReplicas", nullptr);
+  // Secrets: whether the token is still there is what the reconcile checks.
+  view["data"] = JsonGet<Json>(child, "/data", nullptr);
   return view;
 }
 
@@ -117,6 +119,9 @@ struct Manager::Impl {
     auto* rs = NewInformer(kube::kReplicaSets, worker_sets);
     auto* deps = NewInformer(kube::kDeployments, children);
     auto* svcs = NewInformer(kube::kServices, children);
+    kube::InformerOptions token_secrets = scoped;
+    token_secrets.label_selector = kTokenSecretSelector;
+    auto* secrets = NewInformer(kube::kSecrets, token_secrets);
     // Placement needs every pod and node: GPUs used by anyone count.
     auto* pods = NewInformer(kube::kPods, {});
     auto* nodes = NewInformer(kube::kNodes, {});
@@ -149,7 +154,9 @@ struct Manager::Impl {
         [this](const kube::ObjectPtr& o) {
           if (auto k = OwnerPoolKey(*o); !k.empty()) queue.Add(k);
         }};
-    for (auto* inf : {rs, deps, svcs}) inf->AddHandler(owner_handler);
+    // A deleted token Secret is recreated at once: without it new pods cannot start. (Running
+    // pods read the token at start and keep the old one: repair, not rotation.)
+    for (auto* inf : {rs, deps, svcs, secrets}) inf->AddHandler(owner_handler);
     auto waiting_for_capacity = [](const Json& pool) {
       for (const auto& c : JsonGet<Json>(pool, "/status/conditions", Json::array()))
         if (c.value("type", "") == "Degraded" && c.value("status", "") == "True" &&
@@ -178,7 +185,7 @@ struct Manager::Impl {
         [pod_freed](const kube::ObjectPtr& o) { pod_freed(o); }});
 
     reconciler = std::make_unique<PoolReconciler>(
-        client, ClusterCaches{pools, rs, deps, svcs, pods, nodes}, events.get(), clock);
+        client, ClusterCaches{pools, rs, deps, svcs, pods, nodes, secrets}, events.get(), clock);
 
     for (auto& inf : informers) {
       kube::Informer* raw = inf.get();

@@ -1,7 +1,7 @@
 // Manager: runs the controller process — leader election, the informers (InferencePool,
-// ReplicaSet, Deployment, Service, Pod, Node), event handlers that enqueue pool keys, the work
-// queue and its workers calling the PoolReconciler, and the admin server (/healthz, /readyz,
-// /metrics). Run() blocks until Stop() (SIGTERM) or lost leadership.
+// ReplicaSet, Deployment, Service, pdpool's token Secrets, Pod, Node), event handlers that
+// enqueue pool keys, the work queue and its workers calling the PoolReconciler, and the admin
+// server (/healthz, /readyz, /metrics). Run() blocks until Stop() (SIGTERM) or lost leadership.
 // Thread-safe: Stop() may be called from any thread (a signal-watching thread).
 #pragma once
 

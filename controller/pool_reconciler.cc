@@ -1,6 +1,10 @@
 // PoolReconciler implementation: spec → children → status, for one pool per call.
 #include "controller/pool_reconciler.h"
 
+#include <sys/random.h>
+
+#include <cerrno>
+#include <cstring>
 #include <sstream>
 
 #include "common/log.h"
@@ -55,7 +59,69 @@ struct RoleOutcome {
   bool rolled_out = true;  // only the current revision has pods
 };
 
+// The pool's token Secret: found in the cache, or created with a fresh token. An existing one is
+// never rewritten: a new token would break every in-flight KV transfer and router call until all
+// pods reloaded it. `conflict` gets a message (naming the Secret, never showing its contents)
+// when the Secret of that name cannot be used: someone else's, or ours without a token.
+Status EnsurePoolToken(kube::KubeClient* client, kube::Informer* cache,
+                       kube::EventRecorder* events, const Json& pool, const PoolIdentity& id,
+                       const std::string& key, std::string* conflict) {
+  const std::string name = PoolTokenSecretName(id.name);
+  auto check = [&](const Json& secret) {
+    if (ControllerUid(secret) != id.uid) {
+      *conflict = "Secret " + name +
+                  " exists and is not owned by this pool; pdpool will not overwrite it: delete "
+                  "or rename it so the pool's token Secret can be created";
+    } else if (JsonStringAt(secret, {"data", wellknown::kTokenKey}).empty()) {
+      *conflict = "Secret " + name + " has no data under key \"" + wellknown::kTokenKey +
+                  "\"; pdpool does not rewrite a pool's token: delete the Secret to have a new "
+                  "one created";
+    }
+    return Status::Ok();
+  };
+  if (kube::ObjectPtr cached = cache->Get(id.namespace_name + "/" + name)) return check(*cached);
+
+  StatusOr<std::string> token = GeneratePoolToken();
+  if (!token.ok()) return token.status();
+  StatusOr<Json> desired = BuildPoolTokenSecret(pool, *token);
+  if (!desired.ok()) return desired.status();
+  auto created = client->Create(kube::kSecrets, id.namespace_name, *desired);
+  if (created.ok()) {
+    events->Record(pool, "Normal", "CreatedSecret", "Created token Secret " + name);
+    LogInfo("created token secret", {{"pool", key}, {"secret", name}});
+    return Status::Ok();
+  }
+  if (!created.status().IsAlreadyExists()) return created.status();
+  // Not in the cache but there: a Secret without pdpool's label, or ours created so recently
+  // that the cache has not seen it yet.
+  auto existing = client->Get(kube::kSecrets, id.namespace_name, name);
+  if (!existing.ok()) return existing.status();  // deleted meanwhile: the retry creates it
+  return check(*existing);
+}
+
 }  // namespace
+
+StatusOr<std::string> GeneratePoolToken() {
+  unsigned char bytes[32];
+  size_t got = 0;
+  while (got < sizeof bytes) {
+    const ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status::Internal(std::string("getrandom: ") + std::strerror(errno));
+    }
+    got += static_cast<size_t>(n);
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string token;
+  token.reserve(2 * sizeof bytes);
+  for (unsigned char b : bytes) {
+    token.push_back(kHex[b >> 4]);
+    token.push_back(kHex[b & 15]);
+  }
+  explicit_bzero(bytes, sizeof bytes);
+  return token;
+}
 
 std::vector<std::string> PoolIndexValues(const Json& object) {
   std::string pool = JsonGet<std::string>(object, "/metadata/labels/pdpool.dev~1pool", "");
@@ -131,11 +197,30 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     return result;
   }
   const PoolSpec& spec = *spec_or;
+
+  // 2. The pool's shared token, before any pod that mounts it. A Secret in the way is the
+  // user's to remove: say so and touch nothing else.
+  std::string token_conflict;
+  if (Status s = EnsurePoolToken(client_, caches_.secrets, events_, pool, *identity, key,
+                                 &token_conflict);
+      !s.ok()) {
+    return fail(s);
+  }
+  if (!token_conflict.empty()) {
+    events_->Record(pool, "Warning", "TokenSecretConflict", token_conflict);
+    LogWarn("pool token secret unusable", {{"pool", key}, {"reason", token_conflict}});
+    SetCondition(&conditions, "Degraded", kConditionTrue, "TokenSecretConflict", token_conflict,
+                 generation, now);
+    result.status = write_status();
+    // Its removal may not reach the cache (a Secret without pdpool's label): look again.
+    result.requeue_after = kCapacityRecheck;
+    return result;
+  }
   const TopologyPolicy policy = TopologyPolicyFromString(spec.topology.policy);
   const int32_t prefill_replicas = spec.prefill.replicas;
   const int32_t decode_replicas = spec.decode.replicas;
 
-  // 2. Placement: one NVLink domain that holds every worker.
+  // 3. Placement: one NVLink domain that holds every worker.
   PoolSpec sized = spec;
   sized.prefill.replicas = prefill_replicas;
   sized.decode.replicas = decode_replicas;
@@ -163,7 +248,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     if (!domain.empty()) status["placement"]["domain"] = domain;
   }
 
-  // 3. Worker ReplicaSets, one revision per pod template; old revisions drain as the new
+  // 4. Worker ReplicaSets, one revision per pod template; old revisions drain as the new
   // one becomes ready.
   std::vector<Json> owned = Snapshot(caches_.replica_sets->ByIndex(kPoolIndex, key));
   std::map<WorkerRole, RoleOutcome> outcomes;
@@ -255,7 +340,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     }
   }
 
-  // 4. Router Deployment and Service.
+  // 5. Router Deployment and Service.
   int32_t router_ready = 0;
   int32_t router_replicas = 0;
   {
@@ -305,7 +390,7 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     }
   }
 
-  // 5. Status.
+  // 6. Status.
   const RoleOutcome& p = outcomes[WorkerRole::kPrefill];
   const RoleOutcome& d = outcomes[WorkerRole::kDecode];
   status["prefill"] = {{"replicas", p.replicas}, {"readyReplicas", p.ready}, {"desiredReplicas", p.desired}};

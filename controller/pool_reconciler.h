@@ -1,6 +1,7 @@
 // PoolReconciler: turns one InferencePool (by key, "namespace/name") into its children —
-// prefill and decode ReplicaSets (one per pod-template revision), the router Deployment and
-// Service — placed in one NVLink domain, and writes the pool's status. Level-triggered and
+// the pool's token Secret (created once, never rewritten), prefill and decode ReplicaSets (one
+// per pod-template revision), the router Deployment and Service — placed in one NVLink domain,
+// and writes the pool's status. Level-triggered and
 // idempotent: it reads everything from the informer caches, so running it twice changes
 // nothing the second time. Thread-safe for different keys (the work queue never hands one
 // key to two workers).
@@ -25,7 +26,16 @@ struct ClusterCaches {
   kube::Informer* services = nullptr;
   kube::Informer* pods = nullptr;
   kube::Informer* nodes = nullptr;
+  // Secrets selected by kTokenSecretSelector: the pools' token Secrets, so a reconcile reads
+  // them without a GET. A user's Secret in the way (no such label) is only found by a GET after
+  // the Create is refused.
+  kube::Informer* secrets = nullptr;
 };
+
+inline constexpr char kTokenSecretSelector[] = "app.kubernetes.io/managed-by=pdpool";
+
+// 32 bytes from the kernel's CSPRNG (getrandom), as 64 lower-case hex digits.
+StatusOr<std::string> GeneratePoolToken();
 
 inline constexpr char kPoolIndex[] = "pool";
 inline constexpr char kPoolLabel[] = "pdpool.dev/pool";

@@ -7,8 +7,8 @@
 
 namespace pdpool::agent {
 
-GenerationFlow::GenerationFlow(WorkerPool* pool, RouterMetrics* metrics,
-                               GenerationRequest request, const std::atomic<bool>* abort)
+GenerationFlow::GenerationFlow(WorkerPool* pool, RouterMetrics* metrics, GenerationRequest request,
+                               const std::atomic<bool>* abort)
     : pool_(pool), metrics_(metrics), request_(std::move(request)), abort_(abort) {}
 
 GenerationFlow::~GenerationFlow() { ReleaseReservation(); }
@@ -59,8 +59,8 @@ Status GenerationFlow::Reserve(std::vector<const RouterWorker*>* skip) {
     }
     if (r.status().code() == StatusCode::kInvalidArgument) return r.status();
     if (IsWorkerBusy(r.status())) {
-      last = Status::Unavailable("no decode worker has room for the request: " +
-                                 r.status().message());
+      last =
+          Status::Unavailable("no decode worker has room for the request: " + r.status().message());
     } else {
       pool_->ReportFailure(decode.get(), r.status());
       metrics_->CountWorkerError(PoolRole::kDecode, "reserve");
@@ -178,17 +178,17 @@ GenerationFlow::Outcome GenerationFlow::StreamAggregated(const TokenSink& on_tok
     if (attempt > 0) metrics_->CountPrefillRetry();
     ScopedLoad load(worker, &worker->reserved_tokens(), load_tokens);
     bool overrun = false;
-    auto result = worker->client().Generate(
-        request_.request_id, request_.prompt_token_ids, request_.max_tokens, request_.sampling,
-        request_.ignore_eos, [&](int32_t token) {
-          if (aborted()) return false;
-          if (out.tokens >= request_.max_tokens) {
-            overrun = true;
-            return false;
-          }
-          ++out.tokens;
-          return on_token(token);
-        });
+    auto result = worker->client().Generate(request_.request_id, request_.prompt_token_ids,
+                                            request_.max_tokens, request_.sampling,
+                                            request_.ignore_eos, [&](int32_t token) {
+                                              if (aborted()) return false;
+                                              if (out.tokens >= request_.max_tokens) {
+                                                overrun = true;
+                                                return false;
+                                              }
+                                              ++out.tokens;
+                                              return on_token(token);
+                                            });
     if (result.status.ok() || overrun) {
       pool_->ReportSuccess(worker.get());
       out.finish_reason = overrun ? "length" : result.finish_reason;

@@ -2,6 +2,7 @@
 #include "agent/router/openai_api.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <limits>
 #include <utility>
 
@@ -42,10 +43,13 @@ std::optional<ApiError> ParseNumber(const Json& body, const char* name, double l
   double x = v->get<double>();
   bool lo_ok = lo_inclusive ? x >= lo : x > lo;
   if (!lo_ok || x > hi) {
-    std::string range = std::string(lo_inclusive ? "[" : "(") + Json(lo).dump() + ", " +
-                        Json(hi).dump() + "]";
-    return InvalidRequest("'" + std::string(name) + "' must be in " + range + ", got " +
-                              v->dump(),
+    auto num = [](double d) {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "%g", d);
+      return std::string(buf);
+    };
+    std::string range = std::string(lo_inclusive ? "[" : "(") + num(lo) + ", " + num(hi) + "]";
+    return InvalidRequest("'" + std::string(name) + "' must be in " + range + ", got " + v->dump(),
                           name);
   }
   *out = x;
@@ -60,9 +64,8 @@ std::optional<ApiError> ParseTokenCount(const Json& body, const char* name,
   if (!v->is_number_integer()) return WrongType(name, "an integer", *v);
   int64_t x = v->get<int64_t>();
   if (x < 1) {
-    return InvalidRequest("'" + std::string(name) + "' must be at least 1, got " +
-                              std::to_string(x),
-                          name);
+    return InvalidRequest(
+        "'" + std::string(name) + "' must be at least 1, got " + std::to_string(x), name);
   }
   *out = static_cast<int>(std::min<int64_t>(x, std::numeric_limits<int>::max()));
   return std::nullopt;
@@ -134,9 +137,8 @@ std::optional<ApiError> ParseCommon(const Json& body, ApiKind kind, CompletionRe
   if (auto e = ParseNumber(body, "top_p", 0.0, false, 1.0, &out->sampling.top_p)) return e;
   if (const Json* s = Field(body, "seed")) {
     if (!s->is_number_integer()) return WrongType("seed", "an integer", *s);
-    out->sampling.seed = s->is_number_unsigned()
-                             ? static_cast<int64_t>(s->get<uint64_t>())
-                             : s->get<int64_t>();
+    out->sampling.seed =
+        s->is_number_unsigned() ? static_cast<int64_t>(s->get<uint64_t>()) : s->get<int64_t>();
   }
   if (const Json* stop = Field(body, "stop")) {
     std::vector<std::string> stops;
@@ -183,9 +185,8 @@ std::optional<ApiError> ParseTokenIds(const Json& array, const std::string& para
     if (!t.is_number_integer()) return WrongType(param, "an array of integer token ids", t);
     int64_t id = t.get<int64_t>();
     if (t.is_number_unsigned() || id < 0 || id > std::numeric_limits<int32_t>::max()) {
-      return InvalidRequest("'" + param + "' holds token id " + t.dump() +
-                                ", outside [0, 2147483647]",
-                            param);
+      return InvalidRequest(
+          "'" + param + "' holds token id " + t.dump() + ", outside [0, 2147483647]", param);
     }
     out->push_back(static_cast<int32_t>(id));
   }
@@ -209,10 +210,11 @@ std::optional<ApiError> ParsePrompt(const Json& body, CompletionRequest* out) {
     return ParseTokenIds(*p, "prompt", &out->prompt_token_ids);
   }
   if (p->size() != 1) {
-    return InvalidRequest("'prompt' may hold only one prompt (batched prompts are not "
-                          "supported), got " +
-                              std::to_string(p->size()),
-                          "prompt");
+    return InvalidRequest(
+        "'prompt' may hold only one prompt (batched prompts are not "
+        "supported), got " +
+            std::to_string(p->size()),
+        "prompt");
   }
   if (first.is_string()) {
     out->prompt_text = first.get<std::string>();
@@ -241,9 +243,9 @@ std::optional<ApiError> ParseMessages(const Json& body, std::vector<ChatMessage>
     msg.role = role->get<std::string>();
     if (msg.role == "developer") msg.role = "system";  // newer clients' name for it
     if (msg.role != "system" && msg.role != "user" && msg.role != "assistant") {
-      return InvalidRequest("'" + at + ".role' must be system, user or assistant, got '" +
-                                msg.role + "'",
-                            at + ".role");
+      return InvalidRequest(
+          "'" + at + ".role' must be system, user or assistant, got '" + msg.role + "'",
+          at + ".role");
     }
     const Json* content = Field(m, "content");
     if (content == nullptr) {
@@ -258,14 +260,15 @@ std::optional<ApiError> ParseMessages(const Json& body, std::vector<ChatMessage>
         if (!part.is_object()) return WrongType(part_at, "an object", part);
         std::string type = JsonStringAt(part, {"type"});
         if (type != "text") {
-          return InvalidRequest("'" + part_at + ".type' must be 'text' (only text is "
-                                "supported), got '" + type + "'",
+          return InvalidRequest("'" + part_at +
+                                    ".type' must be 'text' (only text is "
+                                    "supported), got '" +
+                                    type + "'",
                                 part_at + ".type");
         }
         const Json* text = Field(part, "text");
         if (text == nullptr || !text->is_string())
-          return InvalidRequest("'" + part_at + ".text' is required (a string)",
-                                part_at + ".text");
+          return InvalidRequest("'" + part_at + ".text' is required (a string)", part_at + ".text");
         if (j > 0) msg.content += '\n';
         msg.content += text->get_ref<const std::string&>();
       }
@@ -301,10 +304,20 @@ ApiError ErrorForStatus(int status) {
   ApiError e;
   e.status = status;
   switch (status) {
-    case 400: e.message = "bad request"; break;
-    case 401: e.message = "missing or invalid API key"; e.code = "invalid_api_key"; break;
-    case 404: e.message = "not found"; e.code = "not_found"; break;
-    case 405: e.message = "method not allowed"; break;
+    case 400:
+      e.message = "bad request";
+      break;
+    case 401:
+      e.message = "missing or invalid API key";
+      e.code = "invalid_api_key";
+      break;
+    case 404:
+      e.message = "not found";
+      e.code = "not_found";
+      break;
+    case 405:
+      e.message = "method not allowed";
+      break;
     case 413:
       e.message = "request body too large";
       e.code = "request_too_large";
@@ -376,19 +389,16 @@ std::optional<ApiError> ResolveMaxTokens(const CompletionRequest& request, int p
                                          int max_model_len, int* max_tokens) {
   const char* prompt_param = request.kind == ApiKind::kChat ? "messages" : "prompt";
   if (prompt_tokens <= 0) return InvalidRequest("the prompt is empty", prompt_param);
-  const char* max_param =
-      request.kind == ApiKind::kChat ? "max_completion_tokens" : "max_tokens";
+  const char* max_param = request.kind == ApiKind::kChat ? "max_completion_tokens" : "max_tokens";
   if (max_model_len <= 0) {
     // Context unknown: the worker enforces it.
-    *max_tokens = request.max_tokens.value_or(request.kind == ApiKind::kChat
-                                                  ? kDefaultChatMaxTokensCap
-                                                  : kDefaultCompletionMaxTokens);
+    *max_tokens = request.max_tokens.value_or(
+        request.kind == ApiKind::kChat ? kDefaultChatMaxTokensCap : kDefaultCompletionMaxTokens);
     return std::nullopt;
   }
   if (prompt_tokens >= max_model_len) {
     return InvalidRequest("This model's maximum context length is " +
-                              std::to_string(max_model_len) +
-                              " tokens. However, your prompt has " +
+                              std::to_string(max_model_len) + " tokens. However, your prompt has " +
                               std::to_string(prompt_tokens) +
                               " tokens, which leaves no room for output.",
                           prompt_param, "context_length_exceeded");
@@ -396,14 +406,12 @@ std::optional<ApiError> ResolveMaxTokens(const CompletionRequest& request, int p
   const int left = max_model_len - prompt_tokens;
   if (request.max_tokens) {
     if (*request.max_tokens > left) {
-      return InvalidRequest("'" + std::string(max_param) + "' is too large: " +
-                                std::to_string(*request.max_tokens) +
-                                ". This model's maximum context length is " +
-                                std::to_string(max_model_len) +
-                                " tokens and your prompt has " + std::to_string(prompt_tokens) +
-                                " tokens, so at most " + std::to_string(left) +
-                                " tokens can be generated.",
-                            max_param, "context_length_exceeded");
+      return InvalidRequest(
+          "'" + std::string(max_param) + "' is too large: " + std::to_string(*request.max_tokens) +
+              ". This model's maximum context length is " + std::to_string(max_model_len) +
+              " tokens and your prompt has " + std::to_string(prompt_tokens) +
+              " tokens, so at most " + std::to_string(left) + " tokens can be generated.",
+          max_param, "context_length_exceeded");
     }
     *max_tokens = *request.max_tokens;
     return std::nullopt;
@@ -433,11 +441,11 @@ Json BuildResponse(const ResponseHeader& header, std::string_view text,
 }
 
 Json BuildModelList(std::string_view model, int64_t created) {
-  return {{"object", "list"},
-          {"data", Json::array({{{"id", model},
-                                 {"object", "model"},
-                                 {"created", created},
-                                 {"owned_by", "pdpool"}}})}};
+  return {
+      {"object", "list"},
+      {"data",
+       Json::array(
+           {{{"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "pdpool"}}})}};
 }
 
 std::string SseEvent(const Json& value) {
@@ -490,8 +498,8 @@ std::string ChunkEncoder::TextEvent(std::string_view text) const {
 }
 
 std::string ChunkEncoder::FinishEvent(std::string_view finish_reason) const {
-  std::string choice = header_.kind == ApiKind::kChat ? R"({"index":0,"delta":{})"
-                                                      : R"({"index":0,"text":"")";
+  std::string choice =
+      header_.kind == ApiKind::kChat ? R"({"index":0,"delta":{})" : R"({"index":0,"text":"")";
   choice += R"(,"logprobs":null,"finish_reason":)";
   choice += DumpJson(Json(finish_reason));
   choice += '}';

@@ -76,8 +76,7 @@ std::optional<ApiError> ParseChatRequest(const Json& body, CompletionRequest* ou
 std::string ApplyChatTemplate(const std::vector<ChatMessage>& messages);
 
 // 404 model_not_found unless the request names the served model (or none).
-std::optional<ApiError> CheckModel(const CompletionRequest& request,
-                                   std::string_view served_model);
+std::optional<ApiError> CheckModel(const CompletionRequest& request, std::string_view served_model);
 
 // Checks the prompt against the context and decides max_tokens: 1 <= max_tokens <=
 // max_model_len - prompt_tokens. Defaults: 16 for completions (clamped to what is left), for

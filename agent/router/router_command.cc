@@ -31,7 +31,8 @@ StatusOr<std::string> ReadTrimmed(const std::string& path, const char* flag) {
   std::string s = ss.str();
   const char* ws = " \t\r\n";
   size_t b = s.find_first_not_of(ws);
-  if (b == std::string::npos) return Status::InvalidArgument(std::string(flag) + ": " + path + " is empty");
+  if (b == std::string::npos)
+    return Status::InvalidArgument(std::string(flag) + ": " + path + " is empty");
   size_t e = s.find_last_not_of(ws);
   return s.substr(b, e - b + 1);
 }
@@ -81,7 +82,8 @@ RouterCommand::RouterCommand(CLI::App& app) {
                 "InferencePool name: without static lists, discover its worker pods "
                 "(label pdpool.dev/pool=<pool>, role from pdpool.dev/role); also the metrics' "
                 "pool label");
-  c->add_option("--namespace", namespace_, "namespace of the pool (default: $POD_NAMESPACE or default)");
+  c->add_option("--namespace", namespace_,
+                "namespace of the pool (default: $POD_NAMESPACE or default)");
   c->add_option("--kubeconfig", kubeconfig_,
                 "kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)");
   c->add_option("--worker-port", worker_port_, "the workers' HTTP port (Kubernetes discovery)")
@@ -116,8 +118,9 @@ bool RouterCommand::parsed() const { return command_->parsed(); }
 int RouterCommand::Run() {
   const bool static_mode = !prefill_.empty() || !decode_.empty() || !workers_.empty();
   if (!static_mode && pool_.empty()) {
-    LogError("invalid flags", {{"error", "give --prefill and --decode, or --workers, or --pool "
-                                         "to discover the pool's worker pods"}});
+    LogError("invalid flags", {{"error",
+                                "give --prefill and --decode, or --workers, or --pool "
+                                "to discover the pool's worker pods"}});
     return 2;
   }
   std::string model = served_model_name_.empty() ? pool_ : served_model_name_;
@@ -135,7 +138,8 @@ int RouterCommand::Run() {
     static_workers = std::move(*parsed);
     bool has_prefill = !prefill_.empty(), has_decode = !decode_.empty();
     if (has_prefill != has_decode && workers_.empty()) {
-      LogError("invalid flags", {{"error", "--prefill and --decode go together (or use --workers)"}});
+      LogError("invalid flags",
+               {{"error", "--prefill and --decode go together (or use --workers)"}});
       return 2;
     }
   }
@@ -181,12 +185,14 @@ int RouterCommand::Run() {
   } else {
     auto config = kube::LoadKubeConfig(kubeconfig_);
     if (!config.ok()) {
-      LogError("cannot load kubeconfig", {{"path", kubeconfig_}, {"error", config.status().ToString()}});
+      LogError("cannot load kubeconfig",
+               {{"path", kubeconfig_}, {"error", config.status().ToString()}});
       return 1;
     }
     auto client = kube::NewHttpKubeClient(*config);
     if (!client.ok()) {
-      LogError("cannot create API client", {{"server", config->server}, {"error", client.status().ToString()}});
+      LogError("cannot create API client",
+               {{"server", config->server}, {"error", client.status().ToString()}});
       return 1;
     }
     kube_client = std::move(*client);

@@ -34,8 +34,8 @@ RouterMetrics::RouterMetrics(std::string pool)
                    .Help("Client API requests finished, by HTTP status code")
                    .Register(r);
   auto hist = [&](const char* name, const char* help) {
-    return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add(
-        {{"pool", pool_}}, LatencyBuckets());
+    return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add({{"pool", pool_}},
+                                                                               LatencyBuckets());
   };
   ttft_ = hist("pdpool_router_ttft_seconds",
                "Time to first token: request arrival to the first token sent to the client");
@@ -97,7 +97,9 @@ void RouterMetrics::CountRequest(int http_status) {
 void RouterMetrics::ObserveTtft(double seconds) { ttft_->Observe(seconds); }
 void RouterMetrics::ObserveTpot(double seconds) { tpot_->Observe(seconds); }
 void RouterMetrics::ObserveE2e(double seconds) { e2e_->Observe(seconds); }
-void RouterMetrics::AddPromptTokens(int64_t n) { prompt_tokens_->Increment(static_cast<double>(n)); }
+void RouterMetrics::AddPromptTokens(int64_t n) {
+  prompt_tokens_->Increment(static_cast<double>(n));
+}
 void RouterMetrics::AddGenerationTokens(int64_t n) {
   generation_tokens_->Increment(static_cast<double>(n));
 }

@@ -2,17 +2,6 @@
 // respond/stream), metrics and draining (see router_server.h).
 #include "agent/router/router_server.h"
 
-// pdpool_agent_lib is compiled without cpp-httplib's pkg-config flags, but libcpp-httplib was
-// built with them and its classes' layout depends on them: define them the same way.
-#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
-#define CPPHTTPLIB_OPENSSL_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_ZLIB_SUPPORT
-#define CPPHTTPLIB_ZLIB_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_BROTLI_SUPPORT
-#define CPPHTTPLIB_BROTLI_SUPPORT
-#endif
 #include <httplib.h>
 
 #include <atomic>
@@ -35,6 +24,11 @@ namespace {
 using Seconds = std::chrono::duration<double>;
 
 constexpr const char* kJson = "application/json";
+
+// Set when a completion handler has counted its request itself, before the response went
+// out (so a client that reads its response and then scrapes /metrics sees it counted). The
+// logger, which runs after the response is written on the same thread, counts the rest.
+thread_local bool t_request_counted = false;
 
 void SendError(httplib::Response& res, const ApiError& error) {
   res.status = error.status;
@@ -171,27 +165,32 @@ struct RouterServer::Impl {
     return false;
   }
 
-  void HandleCompletion(const httplib::Request& req, httplib::Response& res, ApiKind kind);
+  // Returns true when the response is streamed (counted by StreamResponse).
+  bool HandleCompletion(const httplib::Request& req, httplib::Response& res, ApiKind kind);
+  void CountRequestNow(int status) {
+    metrics->CountRequest(status);
+    t_request_counted = true;
+  }
   void StreamResponse(const std::shared_ptr<RequestState>& st, httplib::DataSink& sink);
 };
 
-void RouterServer::Impl::HandleCompletion(const httplib::Request& req, httplib::Response& res,
+bool RouterServer::Impl::HandleCompletion(const httplib::Request& req, httplib::Response& res,
                                           ApiKind kind) {
   const TimePoint arrival = clock->Now();
   if (draining.load()) {
     ApiError e = ErrorForStatus(503);
     e.message = "the router is shutting down; retry on another replica";
     SendError(res, e);
-    return;
+    return false;
   }
-  if (!Authorized(req, res)) return;
+  if (!Authorized(req, res)) return false;
 
   Json body;
   try {
     body = Json::parse(req.body);
   } catch (const Json::exception& e) {
     SendError(res, InvalidRequest(std::string("the request body is not valid JSON: ") + e.what()));
-    return;
+    return false;
   }
   CompletionRequest request;
   std::optional<ApiError> error = kind == ApiKind::kChat ? ParseChatRequest(body, &request)
@@ -199,7 +198,7 @@ void RouterServer::Impl::HandleCompletion(const httplib::Request& req, httplib::
   if (!error) error = CheckModel(request, options.served_model_name);
   if (error) {
     SendError(res, *error);
-    return;
+    return false;
   }
 
   GenerationRequest gen;
@@ -212,11 +211,10 @@ void RouterServer::Impl::HandleCompletion(const httplib::Request& req, httplib::
     gen.prompt_token_ids.insert(gen.prompt_token_ids.end(), ids.begin(), ids.end());
   }
   const int prompt_tokens = static_cast<int>(gen.prompt_token_ids.size());
-  const int max_model_len =
-      options.max_model_len > 0 ? options.max_model_len : pool->MaxModelLen();
+  const int max_model_len = options.max_model_len > 0 ? options.max_model_len : pool->MaxModelLen();
   if (auto e = ResolveMaxTokens(request, prompt_tokens, max_model_len, &gen.max_tokens)) {
     SendError(res, *e);
-    return;
+    return false;
   }
   gen.sampling = request.sampling;
   gen.ignore_eos = request.ignore_eos;
@@ -224,9 +222,8 @@ void RouterServer::Impl::HandleCompletion(const httplib::Request& req, httplib::
   ResponseHeader header;
   header.kind = kind;
   header.id = NextId(kind);
-  header.created = std::chrono::duration_cast<std::chrono::seconds>(
-                       clock->WallNow().time_since_epoch())
-                       .count();
+  header.created =
+      std::chrono::duration_cast<std::chrono::seconds>(clock->WallNow().time_since_epoch()).count();
   header.model = options.served_model_name;
   gen.request_id = header.id;
 
@@ -235,17 +232,17 @@ void RouterServer::Impl::HandleCompletion(const httplib::Request& req, httplib::
   st->include_usage = request.include_usage;
   if (Status s = st->flow.Start(); !s.ok()) {
     SendError(res, FlowError(s));
-    return;
+    return false;
   }
 
   if (request.stream) {
     res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider(
-        "text/event-stream", [this, st](size_t, httplib::DataSink& sink) {
-          StreamResponse(st, sink);
-          return true;
-        });
-    return;
+    res.set_chunked_content_provider("text/event-stream",
+                                     [this, st](size_t, httplib::DataSink& sink) {
+                                       StreamResponse(st, sink);
+                                       return true;
+                                     });
+    return true;
   }
 
   std::string text;
@@ -259,12 +256,13 @@ void RouterServer::Impl::HandleCompletion(const httplib::Request& req, httplib::
   RecordDone(*st, outcome.tokens);
   if (!outcome.status.ok() && !st->text.stopped()) {
     SendError(res, FlowError(outcome.status));
-    return;
+    return false;
   }
   text += st->text.Flush();
   std::string finish = st->text.stopped() ? "stop" : outcome.finish_reason;
   TokenUsage usage{prompt_tokens, outcome.tokens};
   res.set_content(DumpJson(BuildResponse(st->header, text, finish, usage)), kJson);
+  return false;
 }
 
 void RouterServer::Impl::StreamResponse(const std::shared_ptr<RequestState>& st,
@@ -295,6 +293,7 @@ void RouterServer::Impl::StreamResponse(const std::shared_ptr<RequestState>& st,
     return !client_gone && !st->text.stopped();
   });
   RecordDone(*st, outcome.tokens);
+  CountRequestNow(200);
   if (client_gone) {
     LogDebug("client went away", {{"request_id", st->header.id}, {"tokens", outcome.tokens}});
     sink.done();
@@ -323,8 +322,7 @@ RouterServer::RouterServer(RouterServerOptions options, WorkerPool* pool, Router
   impl_->metrics = metrics;
   impl_->clock = clock;
   impl_->started_unix =
-      std::chrono::duration_cast<std::chrono::seconds>(clock->WallNow().time_since_epoch())
-          .count();
+      std::chrono::duration_cast<std::chrono::seconds>(clock->WallNow().time_since_epoch()).count();
   char prefix[16];
   std::snprintf(prefix, sizeof(prefix), "%06x",
                 static_cast<unsigned>(std::random_device{}() & 0xffffff));
@@ -358,12 +356,13 @@ Status RouterServer::Start() {
   s.Get("/v1/models", [impl](const httplib::Request& req, httplib::Response& res) {
     if (impl->Authorized(req, res)) impl->HandleModels(res);
   });
-  s.Post("/v1/completions", [impl](const httplib::Request& req, httplib::Response& res) {
-    impl->HandleCompletion(req, res, ApiKind::kCompletion);
-  });
-  s.Post("/v1/chat/completions", [impl](const httplib::Request& req, httplib::Response& res) {
-    impl->HandleCompletion(req, res, ApiKind::kChat);
-  });
+  for (auto [path, kind] : {std::pair{"/v1/completions", ApiKind::kCompletion},
+                            std::pair{"/v1/chat/completions", ApiKind::kChat}}) {
+    s.Post(path, [impl, kind](const httplib::Request& req, httplib::Response& res) {
+      if (!impl->HandleCompletion(req, res, kind))
+        impl->CountRequestNow(res.status == -1 ? 200 : res.status);
+    });
+  }
   // Known paths with the wrong method: 405 naming the right one.
   auto method_not_allowed = [](const char* allow) {
     return [allow](const httplib::Request& req, httplib::Response& res) {
@@ -384,31 +383,32 @@ Status RouterServer::Start() {
   s.Delete("/v1/models", method_not_allowed("GET"));
 
   // Statuses no handler wrote a body for (unknown path 404, 413 from the body limit, ...).
-  s.set_error_handler(httplib::Server::HandlerWithResponse(
-      [](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    ApiError e = ErrorForStatus(res.status);
-    if (res.status == 404) e.message = "unknown path " + req.path;
-    if (res.status == 503) res.set_header("Retry-After", "1");
-    res.set_content(ErrorBody(e), kJson);
-    return httplib::Server::HandlerResponse::Handled;
-  }));
-  s.set_exception_handler([](const httplib::Request& req, httplib::Response& res,
-                             std::exception_ptr ep) {
-    std::string what = "unknown exception";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    LogError("request handler threw", {{"path", req.path}, {"error", what}});
-    ApiError e = ErrorForStatus(500);
-    e.message = "internal error";
-    SendError(res, e);
-  });
+  s.set_error_handler(
+      httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        ApiError e = ErrorForStatus(res.status);
+        if (res.status == 404) e.message = "unknown path " + req.path;
+        if (res.status == 503) res.set_header("Retry-After", "1");
+        res.set_content(ErrorBody(e), kJson);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  s.set_exception_handler(
+      [](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "unknown exception";
+        try {
+          if (ep) std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        LogError("request handler threw", {{"path", req.path}, {"error", what}});
+        ApiError e = ErrorForStatus(500);
+        e.message = "internal error";
+        SendError(res, e);
+      });
   s.set_logger([impl](const httplib::Request& req, const httplib::Response& res) {
-    if (req.path.starts_with("/v1/")) impl->metrics->CountRequest(res.status);
+    if (!t_request_counted && req.path.starts_with("/v1/")) impl->metrics->CountRequest(res.status);
+    t_request_counted = false;
   });
 
   const std::string& host = impl->options.host;
@@ -456,7 +456,8 @@ void RouterServer::Shutdown() {
     lock.unlock();
     impl->pool->AbortCalls();  // streams blocked on a silent worker fail now
     lock.lock();
-    impl->inflight_cv.wait_for(lock, std::chrono::seconds(2), [impl] { return impl->inflight == 0; });
+    impl->inflight_cv.wait_for(lock, std::chrono::seconds(2),
+                               [impl] { return impl->inflight == 0; });
   }
   lock.unlock();
   impl->server.stop();

@@ -1,17 +1,6 @@
 // WorkerClient on cpp-httplib: pooled keep-alive connections and the protocol's JSON/NDJSON.
 #include "agent/router/worker_client.h"
 
-// pdpool_agent_lib is compiled without cpp-httplib's pkg-config flags, but libcpp-httplib was
-// built with them and its classes' layout depends on them: define them the same way.
-#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
-#define CPPHTTPLIB_OPENSSL_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_ZLIB_SUPPORT
-#define CPPHTTPLIB_ZLIB_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_BROTLI_SUPPORT
-#define CPPHTTPLIB_BROTLI_SUPPORT
-#endif
 #include <httplib.h>
 
 #include <charconv>
@@ -65,9 +54,12 @@ bool IsWorkerBusy(const Status& status) {
 
 const char* PoolRoleName(PoolRole role) {
   switch (role) {
-    case PoolRole::kPrefill: return "prefill";
-    case PoolRole::kDecode: return "decode";
-    case PoolRole::kBoth: return "both";
+    case PoolRole::kPrefill:
+      return "prefill";
+    case PoolRole::kDecode:
+      return "decode";
+    case PoolRole::kBoth:
+      return "both";
   }
   return "unknown";
 }
@@ -259,9 +251,8 @@ StatusOr<WorkerInfoReply> WorkerClient::Info() {
 
 StatusOr<KvReservation> WorkerClient::Reserve(std::string_view request_id, int prompt_tokens,
                                               int max_tokens) {
-  Json req = {{"request_id", request_id},
-              {"prompt_tokens", prompt_tokens},
-              {"max_tokens", max_tokens}};
+  Json req = {
+      {"request_id", request_id}, {"prompt_tokens", prompt_tokens}, {"max_tokens", max_tokens}};
   auto body = Exchange(impl_.get(), options_, &connections_opened_, address_, "POST",
                        protocol::kReservePath, DumpJson(req), options_.control_timeout);
   if (!body.ok()) return body.status();
@@ -308,7 +299,8 @@ StatusOr<PrefillReply> WorkerClient::Prefill(std::string_view request_id,
     return Status::Internal(address_ + ": prefill reply has no first_token");
   PrefillReply r;
   r.first_token = first->get<int32_t>();
-  r.prompt_tokens = JsonGet<int>(*body, "/prompt_tokens", static_cast<int>(prompt_token_ids.size()));
+  r.prompt_tokens =
+      JsonGet<int>(*body, "/prompt_tokens", static_cast<int>(prompt_token_ids.size()));
   return r;
 }
 
@@ -373,7 +365,8 @@ WorkerClient::StreamResult WorkerClient::Stream(const char* path, const std::str
         return true;  // read to the end so the connection can be reused
       }
       if (JsonChild(j, "error") != nullptr) {
-        result.status = Status::Unavailable(address_ + path + ": " + ErrorMessageOf(std::string(line)));
+        result.status =
+            Status::Unavailable(address_ + path + ": " + ErrorMessageOf(std::string(line)));
         return false;
       }
       return true;  // unknown line: ignore (forward compatible)

@@ -85,8 +85,7 @@ class WorkerClient {
   const std::string& address() const { return address_; }
 
   StatusOr<WorkerInfoReply> Info();
-  StatusOr<KvReservation> Reserve(std::string_view request_id, int prompt_tokens,
-                                  int max_tokens);
+  StatusOr<KvReservation> Reserve(std::string_view request_id, int prompt_tokens, int max_tokens);
   Status Release(int64_t reservation_id);
   StatusOr<PrefillReply> Prefill(std::string_view request_id,
                                  const std::vector<int32_t>& prompt_token_ids,

@@ -30,8 +30,8 @@ Status AppendList(std::string_view flag, std::string_view list, PoolRole role,
     Status s = ParseHostPort(entry, &host, &port);
     if (!s.ok()) return Status::InvalidArgument(std::string(flag) + ": " + s.message());
     if (!seen->insert(std::string(entry)).second) {
-      return Status::InvalidArgument(std::string(flag) + ": worker address '" +
-                                     std::string(entry) + "' is listed more than once");
+      return Status::InvalidArgument(std::string(flag) + ": worker address '" + std::string(entry) +
+                                     "' is listed more than once");
     }
     out->push_back({std::string(entry), role});
   }
@@ -47,8 +47,7 @@ StatusOr<std::vector<WorkerSpec>> ParseStaticWorkers(std::string_view prefill,
   std::set<std::string> seen;
   if (Status s = AppendList("--prefill", prefill, PoolRole::kPrefill, &seen, &out); !s.ok())
     return s;
-  if (Status s = AppendList("--decode", decode, PoolRole::kDecode, &seen, &out); !s.ok())
-    return s;
+  if (Status s = AppendList("--decode", decode, PoolRole::kDecode, &seen, &out); !s.ok()) return s;
   if (Status s = AppendList("--workers", both, PoolRole::kBoth, &seen, &out); !s.ok()) return s;
   return out;
 }
@@ -101,8 +100,8 @@ KubeWorkerDiscovery::~KubeWorkerDiscovery() { Stop(); }
 void KubeWorkerDiscovery::Start() {
   if (thread_.joinable()) return;
   thread_ = std::thread([this] { informer_.Run(&cancel_); });
-  LogInfo("watching worker pods",
-          {{"namespace", options_.ns}, {"selector", std::string(kPoolLabel) + "=" + options_.pool}});
+  LogInfo("watching worker pods", {{"namespace", options_.ns},
+                                   {"selector", std::string(kPoolLabel) + "=" + options_.pool}});
 }
 
 void KubeWorkerDiscovery::Stop() {

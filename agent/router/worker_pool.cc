@@ -25,8 +25,8 @@ void WorkerPool::SetWorkers(const std::vector<WorkerSpec>& specs) {
     auto it = old.find(spec.address);
     if (it != old.end()) {
       if (it->second->spec_.role != spec.role) {
-        LogInfo("worker role changed", {{"worker", spec.address},
-                                        {"role", PoolRoleName(spec.role)}});
+        LogInfo("worker role changed",
+                {{"worker", spec.address}, {"role", PoolRoleName(spec.role)}});
         it->second->spec_.role = spec.role;
       }
       next.push_back(std::move(it->second));
@@ -56,11 +56,13 @@ bool WorkerPool::UsableLocked(const RouterWorker& w, TimePoint now) const {
 double WorkerPool::ScoreLocked(const RouterWorker& w, PoolRole role) const {
   const WorkerInfoReply& info = *w.info_;
   if (role == PoolRole::kPrefill) {
-    int64_t since_poll = w.prefill_tokens_.load(std::memory_order_relaxed) - w.prefill_tokens_at_poll_;
+    int64_t since_poll =
+        w.prefill_tokens_.load(std::memory_order_relaxed) - w.prefill_tokens_at_poll_;
     return static_cast<double>(std::max<int64_t>(0, info.outstanding_prefill_tokens + since_poll));
   }
   // decode / both: KV usage, with the router's reservations since the poll added.
-  int64_t reserved_since = w.reserved_tokens_.load(std::memory_order_relaxed) - w.reserved_tokens_at_poll_;
+  int64_t reserved_since =
+      w.reserved_tokens_.load(std::memory_order_relaxed) - w.reserved_tokens_at_poll_;
   double block_size = std::max(1, info.block_size);
   if (info.kv_blocks_total > 0) {
     double used = static_cast<double>(info.kv_blocks_total - info.kv_blocks_free) +
@@ -104,9 +106,15 @@ WorkerPool::Mode WorkerPool::CurrentMode() const {
   for (const auto& w : workers_) {
     if (!UsableLocked(*w, now)) continue;
     switch (RoleLocked(*w)) {
-      case PoolRole::kPrefill: prefill = true; break;
-      case PoolRole::kDecode: decode = true; break;
-      case PoolRole::kBoth: both = true; break;
+      case PoolRole::kPrefill:
+        prefill = true;
+        break;
+      case PoolRole::kDecode:
+        decode = true;
+        break;
+      case PoolRole::kBoth:
+        both = true;
+        break;
     }
   }
   if (prefill && decode) return Mode::kDisaggregated;
@@ -135,7 +143,8 @@ void WorkerPool::ReportFailure(RouterWorker* worker, const Status& status) {
   if (now + backoff > worker->unhealthy_until_) worker->unhealthy_until_ = now + backoff;
   if (n == 1) {
     LogWarn("worker failing; out of rotation",
-            {{"worker", worker->address()}, {"error", status.ToString()},
+            {{"worker", worker->address()},
+             {"error", status.ToString()},
              {"backoff_ms", static_cast<int64_t>(backoff.count())}});
   }
 }

@@ -48,6 +48,9 @@ class AgentEnv {
   std::vector<Json> PostStream(int port, const std::string& path, const Json& body);
   // Value of one series in a /metrics text ("name{labels}"), or -1 when absent.
   static double MetricValue(const std::string& text, const std::string& series);
+  // Sum over the series of metric `name` whose labels contain every `label="value"` given.
+  static double MetricSum(const std::string& text, const std::string& name,
+                          const std::vector<std::string>& labels = {});
 
   // Polls `predicate` until true or the deadline passes.
   static bool WaitFor(const std::function<bool()>& predicate,

@@ -150,6 +150,66 @@ TEST_F(ControllerTest, EditingReplicasScalesReplicaSetsAndDeletingPoolRemovesChi
       seconds(60)));
 }
 
+TEST_F(ControllerTest, PoolGetsATokenSecretMountedByItsWorkersAndCollectedWithIt) {
+  ASSERT_NE(env_.StartController("c1"), nullptr);
+  Apply(PoolYaml("tok", 1, 1, 1));
+  Json secret;
+  ASSERT_TRUE(TestEnv::WaitFor(
+      [&] {
+        auto s = env_.client().Get(kube::kSecrets, env_.ns(), "tok-token");
+        if (s.ok()) secret = *s;
+        return s.ok() && env_.ListReplicaSets("tok", "prefill").size() == 1 &&
+               env_.ListReplicaSets("tok", "decode").size() == 1;
+      },
+      seconds(60)))
+      << env_.ChildLogs();
+
+  // One Secret, the pool's: Opaque, a 64-hex-digit token under `token`, owned by the pool.
+  const Json pool = env_.GetPool("tok");
+  EXPECT_EQ(JsonGet<std::string>(secret, "/type", ""), "Opaque");
+  const Json& owner = secret["metadata"]["ownerReferences"][0];
+  EXPECT_EQ(owner.value("kind", ""), "InferencePool");
+  EXPECT_EQ(owner.value("uid", ""), JsonGet<std::string>(pool, "/metadata/uid", ""));
+  EXPECT_TRUE(owner.value("controller", false));
+  // base64 of 64 characters is 88.
+  EXPECT_EQ(JsonGet<std::string>(secret, "/data/token", "").size(), 88u) << secret["data"].dump();
+
+  // Both roles' pod templates mount it and point the agent at it.
+  for (const char* role : {"prefill", "decode"}) {
+    SCOPED_TRACE(role);
+    const Json pod_spec = env_.ListReplicaSets("tok", role)[0]["spec"]["template"]["spec"];
+    bool volume = false;
+    for (const Json& v : pod_spec["volumes"])
+      volume |= v.value("name", "") == "pool-token" &&
+                JsonGet<std::string>(v, "/secret/secretName", "") == "tok-token";
+    EXPECT_TRUE(volume) << pod_spec.dump(2);
+    const Json& worker = pod_spec["containers"][0];
+    bool mount = false;
+    for (const Json& m : worker["volumeMounts"])
+      mount |= m.value("name", "") == "pool-token" &&
+               m.value("mountPath", "") == "/var/run/pdpool/token" && m.value("readOnly", false);
+    EXPECT_TRUE(mount) << worker.dump(2);
+    bool arg = false;
+    for (const Json& a : worker["args"]) arg |= a == "--auth-token-file=/var/run/pdpool/token/token";
+    EXPECT_TRUE(arg) << worker["args"].dump();
+  }
+
+  // The controller never rewrites it.
+  const std::string rv = JsonGet<std::string>(secret, "/metadata/resourceVersion", "");
+  ASSERT_TRUE(TestEnv::WaitFor([&] { return PoolReady("tok"); }, seconds(90))) << env_.ChildLogs();
+  auto again = env_.client().Get(kube::kSecrets, env_.ns(), "tok-token");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(JsonGet<std::string>(*again, "/metadata/resourceVersion", ""), rv);
+
+  // Deleting the pool: the garbage collector removes the Secret with it.
+  auto r = env_.Kubectl("delete ipool tok -n " + env_.ns() + " --wait=true");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_TRUE(TestEnv::WaitFor(
+      [&] { return env_.client().Get(kube::kSecrets, env_.ns(), "tok-token").status().IsNotFound(); },
+      seconds(60)))
+      << "token Secret not garbage-collected";
+}
+
 TEST_F(ControllerTest, TemplateChangeRollsOutNewRevisionForBothRoles) {
   ASSERT_NE(env_.StartController("c1"), nullptr);
   Apply(PoolYaml("roll", 1, 2));

@@ -92,13 +92,12 @@ TEST(WorkerPodTemplate, LabelsContainerArgsEnvPortsProbes) {
   ASSERT_NE(worker, nullptr);
   EXPECT_EQ((*worker)["image"], "ghcr.io/pdpool/agent:0.1.0");
   EXPECT_EQ((*worker)["command"], Json::array({"pdpool-agent"}));
-  EXPECT_EQ((*worker)["args"][0], "worker");
-  for (const char* arg :
-       {"--role=decode", "--backend=cuda", "--model-preset=llama-3.1-70b",
-        "--model-name=meta-llama/Llama-3.1-70B-Instruct", "--model-path=/models/llama-3.1-70b",
-        "--tensor-parallel=2", "--kv-transport=nccl", "--port=8000"}) {
-    EXPECT_TRUE(HasArg(*worker, arg)) << arg << " in " << (*worker)["args"].dump();
-  }
+  // The agent's canonical flags, in order; the token file is where the Secret is mounted.
+  EXPECT_EQ((*worker)["args"],
+            (Json{"worker", "--role=decode", "--backend=cuda", "--model=llama-3.1-70b",
+                  "--served-model-name=meta-llama/Llama-3.1-70B-Instruct",
+                  "--weights=/models/llama-3.1-70b", "--tensor-parallel=2", "--kv-transport=nccl",
+                  "--port=8000", "--auth-token-file=/var/run/pdpool/token/token"}));
   EXPECT_EQ((*Env(*worker, "POD_NAME"))["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
   EXPECT_EQ((*Env(*worker, "POD_NAMESPACE"))["valueFrom"]["fieldRef"]["fieldPath"],
             "metadata.namespace");
@@ -125,10 +124,55 @@ TEST(WorkerPodTemplate, DummyWeightsWhenNoPath) {
   spec.model.source_path.clear();
   spec.model.dummy_seed = 7;
   const Json worker = *Container(MustTemplate(spec, WorkerRole::kPrefill), "worker");
-  EXPECT_TRUE(HasArg(worker, "--dummy-seed=7"));
-  for (const Json& a : worker["args"]) {
-    EXPECT_EQ(a.get<std::string>().rfind("--model-path", 0), std::string::npos);
+  EXPECT_TRUE(HasArg(worker, "--weights=dummy:7")) << worker["args"].dump();
+  int weights = 0;
+  for (const Json& a : worker["args"]) weights += a.get<std::string>().rfind("--weights", 0) == 0;
+  EXPECT_EQ(weights, 1) << worker["args"].dump();
+}
+
+// The pool-token volume from Secret <pool>-token and its read-only mount in `container`.
+void ExpectTokenMounted(const Json& pod_template, const std::string& container) {
+  const Json* volume = nullptr;
+  for (const Json& v : pod_template["spec"]["volumes"])
+    if (v.value("name", "") == "pool-token") volume = &v;
+  ASSERT_NE(volume, nullptr) << pod_template["spec"].dump();
+  EXPECT_EQ(*volume, (Json{{"name", "pool-token"},
+                           {"secret", {{"secretName", "llama-token"}, {"defaultMode", 0440}}}}));
+  const Json* c = Container(pod_template, container);
+  ASSERT_NE(c, nullptr);
+  const Json* mount = nullptr;
+  for (const Json& m : (*c)["volumeMounts"])
+    if (m.value("name", "") == "pool-token") mount = &m;
+  ASSERT_NE(mount, nullptr) << c->dump();
+  EXPECT_EQ(*mount, (Json{{"name", "pool-token"},
+                          {"mountPath", "/var/run/pdpool/token"},
+                          {"readOnly", true}}));
+  // The file the flag names is the Secret's key inside the mount.
+  EXPECT_TRUE(HasArg(*c, std::string("--auth-token-file=/var/run/pdpool/token/") + kTokenKey))
+      << (*c)["args"].dump();
+}
+
+TEST(WorkerPodTemplate, MountsThePoolTokenForBothRoles) {
+  for (WorkerRole role : {WorkerRole::kPrefill, WorkerRole::kDecode}) {
+    SCOPED_TRACE(std::string(WorkerRoleName(role)));
+    ExpectTokenMounted(MustTemplate(Spec(), role), "worker");
   }
+}
+
+TEST(WorkerPodTemplate, OverridesCannotDropTheTokenVolumeOrMount) {
+  // Lists replace under spec.template, so an override's own volumes and volumeMounts, or one
+  // redefining pool-token, would otherwise cut the worker off from its pool.
+  PoolSpec spec = Spec();
+  spec.template_overrides = Json::parse(R"({"spec": {
+    "volumes": [{"name": "models", "hostPath": {"path": "/models"}},
+                {"name": "pool-token", "emptyDir": {}}],
+    "containers": [{"name": "worker",
+                    "volumeMounts": [{"name": "models", "mountPath": "/models"}]}]}})");
+  const Json t = MustTemplate(spec, WorkerRole::kPrefill);
+  ExpectTokenMounted(t, "worker");
+  EXPECT_EQ(t["spec"]["volumes"].size(), 2u) << t["spec"]["volumes"].dump();
+  EXPECT_EQ(t["spec"]["volumes"][0]["name"], "models");
+  EXPECT_EQ((*Container(t, "worker"))["volumeMounts"][0]["mountPath"], "/models");
 }
 
 TEST(WorkerPodTemplate, AffinityPerPolicy) {
@@ -203,6 +247,7 @@ TEST(WorkerPodTemplate, OverridesMergeWithContainersByName) {
   EXPECT_EQ(worker["resources"]["limits"]["nvidia.com/gpu"], "4");
   EXPECT_EQ(worker["volumeMounts"][0]["mountPath"], "/models");
   EXPECT_EQ(worker["readinessProbe"]["httpGet"]["path"], "/readyz");
+  ExpectTokenMounted(t, "worker");
   // env merged by name: ours kept, a same-named entry replaced whole, new ones appended.
   EXPECT_NE(Env(worker, "POD_NAME"), nullptr);
   EXPECT_EQ(*Env(worker, "POD_IP"), (Json{{"name", "POD_IP"}, {"value", "override"}}));
@@ -335,12 +380,26 @@ TEST(RouterDeployment, OwnedLabelledNoGpus) {
   ASSERT_NE(router, nullptr);
   EXPECT_EQ((*router)["image"], "ghcr.io/pdpool/agent:0.1.0");
   EXPECT_EQ((*router)["command"], Json::array({"pdpool-agent"}));
-  EXPECT_EQ((*router)["args"], (Json{"router", "--pool=llama", "--port=8080"}));
+  EXPECT_EQ((*router)["args"],
+            (Json{"router", "--pool=llama", "--namespace=serving",
+                  "--served-model-name=meta-llama/Llama-3.1-70B-Instruct", "--port=8080",
+                  "--auth-token-file=/var/run/pdpool/token/token"}));
+  ExpectTokenMounted((*d)["spec"]["template"], "router");
   EXPECT_FALSE((*router).contains("resources"));
   EXPECT_EQ((*router)["readinessProbe"]["httpGet"]["path"], "/readyz");
   EXPECT_EQ((*router)["livenessProbe"]["httpGet"]["path"], "/healthz");
   EXPECT_EQ((*d)["metadata"]["annotations"]["pdpool.dev/template-hash"],
             TemplateHash((*d)["spec"]["template"]));
+}
+
+TEST(RouterDeployment, NoServedModelNameFlagWithoutAModelName) {
+  PoolSpec spec = Spec();
+  spec.model.name.clear();
+  const StatusOr<Json> d = BuildRouterDeployment(Pool(), spec);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ((*Container((*d)["spec"]["template"], "router"))["args"],
+            (Json{"router", "--pool=llama", "--namespace=serving", "--port=8080",
+                  "--auth-token-file=/var/run/pdpool/token/token"}));
 }
 
 TEST(RouterDeployment, TakesOnlyImagePullSecretsFromOverrides) {
@@ -377,6 +436,49 @@ TEST(RouterService, NamesThatCannotBeAServiceAreRefused) {
     EXPECT_NE(s.status().message().find("DNS-1035"), std::string::npos);
   }
   EXPECT_TRUE(BuildRouterService(Pool(std::string(56, 'a'))).ok());
+}
+
+// ---- pool token Secret ----
+
+TEST(PoolTokenSecret, OpaqueOwnedLabelledTokenUnderKeyToken) {
+  const StatusOr<Json> s = BuildPoolTokenSecret(Pool(), "c0ffee");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(PoolTokenSecretName("llama"), "llama-token");
+  EXPECT_EQ(*s, (Json{{"apiVersion", "v1"},
+                      {"kind", "Secret"},
+                      {"metadata",
+                       {{"name", "llama-token"},
+                        {"namespace", "serving"},
+                        {"labels",
+                         {{"app.kubernetes.io/managed-by", "pdpool"}, {"pdpool.dev/pool", "llama"}}},
+                        {"ownerReferences", Json::array({kOwnerRef})}}},
+                      {"type", "Opaque"},
+                      {"data", {{"token", "YzBmZmVl"}}}}));  // base64("c0ffee")
+}
+
+TEST(PoolTokenSecret, DataIsBase64WithPadding) {
+  for (const auto& [token, encoded] : {std::pair{"a", "YQ=="}, std::pair{"ab", "YWI="},
+                                       std::pair{"abc", "YWJj"}, std::pair{"abcd", "YWJjZA=="}}) {
+    const StatusOr<Json> s = BuildPoolTokenSecret(Pool(), token);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    EXPECT_EQ((*s)["data"]["token"], encoded) << token;
+  }
+}
+
+TEST(PoolTokenSecret, EmptyTokenAndNamesThatCannotBeASecretAreRefused) {
+  StatusOr<Json> s = BuildPoolTokenSecret(Pool(), "");
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+  // A valid label value, but not a valid object name.
+  for (const std::string& bad : {std::string("My_Pool"), std::string("Llama")}) {
+    s = BuildPoolTokenSecret(Pool(bad), "t");
+    ASSERT_FALSE(s.ok()) << bad;
+    EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.status().message().find("DNS subdomain"), std::string::npos)
+        << s.status().message();
+  }
+  EXPECT_TRUE(BuildPoolTokenSecret(Pool(std::string(63, 'a')), "t").ok());
+  EXPECT_TRUE(BuildPoolTokenSecret(Pool("my.pool"), "t").ok());
 }
 
 TEST(DesiredObjects, AllFourOwnedByThePool) {

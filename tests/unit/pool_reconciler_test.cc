@@ -1,12 +1,13 @@
 // Tests for PoolReconciler: one InferencePool key in, children and status out. Runs against
 // FakeKubeClient with real Informers over it (so the reconciler reads the same caches it reads
 // in production), a real EventRecorder and a FakeClock. What is checked is what a user sees in
-// the API server: ReplicaSets, the router Deployment and Service, status and conditions, and
-// that nothing is written when nothing changed.
+// the API server: the token Secret, ReplicaSets, the router Deployment and Service, status and
+// conditions, and that nothing is written when nothing changed.
 #include "controller/pool_reconciler.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -20,6 +21,7 @@
 
 #include "common/kube/event_recorder.h"
 #include "common/kube/informer.h"
+#include "controller/desired_state.h"
 #include "tests/fakes/fake_kube_client.h"
 
 namespace pdpool::controller {
@@ -32,6 +34,7 @@ using kube::kInferencePools;
 using kube::kNodes;
 using kube::kPods;
 using kube::kReplicaSets;
+using kube::kSecrets;
 using kube::kServices;
 using kube::ResourceType;
 using std::chrono::seconds;
@@ -54,10 +57,10 @@ Json Node(const std::string& name, const std::string& domain) {
 }
 
 // A valid pool (see deploy/samples/): `prefill` and `decode` replicas of `gpus` GPUs each.
-Json PoolObject(int prefill, int decode, int gpus = 2) {
+Json PoolObject(int prefill, int decode, int gpus = 2, const std::string& name = kPool) {
   return {{"apiVersion", "pdpool.dev/v1alpha1"},
           {"kind", "InferencePool"},
-          {"metadata", {{"name", kPool}, {"namespace", kNs}, {"uid", "ignored"}, {"generation", 1}}},
+          {"metadata", {{"name", name}, {"namespace", kNs}, {"uid", "ignored"}, {"generation", 1}}},
           {"spec",
            {{"model",
              {{"name", "test-tiny"}, {"preset", "test-tiny"}, {"source", {{"dummy", {{"seed", 1}}}}}}},
@@ -84,6 +87,67 @@ std::string ConditionField(const Json& pool, const std::string& type, const std:
     return c[field].is_string() ? c[field].get<std::string>() : c[field].dump();
   }
   return "<no " + type + " condition>";
+}
+
+std::string Base64Decode(const std::string& in) {
+  static const std::string kAlphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    if (c == '=') break;
+    const size_t v = kAlphabet.find(c);
+    if (v == std::string::npos) return "<invalid base64>";
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xff));
+    }
+  }
+  return out;
+}
+
+bool IsLowerHex(const std::string& s) {
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+// A Secret `name` in kNs with data.token = base64(token) (no token key when empty), controlled
+// by the pool with `owner_uid` (none when empty), labelled as pdpool's when `labelled`.
+Json SecretObject(const std::string& name, const std::string& token, const std::string& owner_uid,
+                  bool labelled) {
+  static const std::string kAlphabet =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string encoded;
+  for (size_t i = 0; i < token.size(); i += 3) {
+    uint32_t n = static_cast<unsigned char>(token[i]) << 16;
+    if (i + 1 < token.size()) n |= static_cast<unsigned char>(token[i + 1]) << 8;
+    if (i + 2 < token.size()) n |= static_cast<unsigned char>(token[i + 2]);
+    encoded += kAlphabet[(n >> 18) & 63];
+    encoded += kAlphabet[(n >> 12) & 63];
+    encoded += i + 1 < token.size() ? kAlphabet[(n >> 6) & 63] : '=';
+    encoded += i + 2 < token.size() ? kAlphabet[n & 63] : '=';
+  }
+  Json secret = {{"apiVersion", "v1"},
+                 {"kind", "Secret"},
+                 {"metadata", {{"name", name}, {"namespace", kNs}}},
+                 {"type", "Opaque"},
+                 {"data", Json::object()}};
+  if (!token.empty()) secret["data"]["token"] = encoded;
+  if (labelled)
+    secret["metadata"]["labels"] = {{"app.kubernetes.io/managed-by", "pdpool"},
+                                    {"pdpool.dev/pool", kPool}};
+  if (!owner_uid.empty())
+    secret["metadata"]["ownerReferences"] =
+        Json::array({{{"apiVersion", "pdpool.dev/v1alpha1"},
+                      {"kind", "InferencePool"},
+                      {"name", kPool},
+                      {"uid", owner_uid},
+                      {"controller", true},
+                      {"blockOwnerDeletion", true}}});
+  return secret;
 }
 
 const Json* WorkerContainer(const Json& rs) {
@@ -130,12 +194,12 @@ class PoolReconcilerTest : public ::testing::Test {
     for (int i = 0; i < 4; ++i) ASSERT_TRUE(client_.Upsert(kNodes, Node("b-" + std::to_string(i), "nvl-b")).ok());
 
     replica_sets_.AddIndex(kPoolIndex, PoolIndexValues);
-    for (auto& [informer, type] : Caches()) {
-      informer->AddHandler(notifier_.Handler());
-      Informer* inf = informer;
+    for (const Cache& cache : Caches()) {
+      cache.informer->AddHandler(notifier_.Handler());
+      Informer* inf = cache.informer;
       runs_.push_back(std::async(std::launch::async, [this, inf] { inf->Run(&cancel_); }));
     }
-    for (auto& [informer, type] : Caches()) ASSERT_TRUE(informer->WaitForSync(kWait));
+    for (const Cache& cache : Caches()) ASSERT_TRUE(cache.informer->WaitForSync(kWait));
   }
 
   void TearDown() override {
@@ -144,16 +208,30 @@ class PoolReconcilerTest : public ::testing::Test {
     for (auto& r : runs_) r.wait();
   }
 
-  std::vector<std::pair<Informer*, const ResourceType*>> Caches() {
-    return {{&pools_, &kInferencePools}, {&replica_sets_, &kReplicaSets},
-            {&deployments_, &kDeployments}, {&services_, &kServices},
-            {&pods_, &kPods}, {&nodes_, &kNodes}};
+  struct Cache {
+    Informer* informer;
+    const ResourceType* type;
+    std::string label_selector;
+  };
+  std::vector<Cache> Caches() {
+    return {{&pools_, &kInferencePools, ""}, {&replica_sets_, &kReplicaSets, ""},
+            {&deployments_, &kDeployments, ""}, {&services_, &kServices, ""},
+            {&pods_, &kPods, ""}, {&nodes_, &kNodes, ""},
+            {&secrets_, &kSecrets, kTokenSecretSelector}};
+  }
+  static kube::InformerOptions TokenSecretOptions() {
+    kube::InformerOptions options;
+    options.label_selector = kTokenSecretSelector;
+    return options;
   }
 
   // Whether every cache holds exactly what the API server holds, version for version.
   bool CachesCaughtUp() {
-    for (auto& [informer, type] : Caches()) {
-      auto list = client_.List(*type, "");
+    for (const Cache& cache : Caches()) {
+      Informer* informer = cache.informer;
+      kube::ListOptions lo;
+      lo.label_selector = cache.label_selector;
+      auto list = client_.List(*cache.type, "", lo);
       if (!list.ok()) return false;
       const Json& items = (*list)["items"];
       if (informer->Size() != items.size()) return false;
@@ -238,18 +316,30 @@ class PoolReconcilerTest : public ::testing::Test {
 
   int ChildWrites() {
     return client_.WriteCount(kReplicaSets) + client_.WriteCount(kDeployments) +
-           client_.WriteCount(kServices);
+           client_.WriteCount(kServices) + client_.WriteCount(kSecrets);
+  }
+
+  // The token of Secret `<pool>-token`, decoded; "" when there is none.
+  std::string StoredToken(const std::string& pool = kPool) {
+    auto secret = client_.Get(kSecrets, kNs, pool + "-token");
+    if (!secret.ok()) return "";
+    return Base64Decode(Str(*secret, "/data/token"));
   }
   int AllWrites() { return ChildWrites() + client_.WriteCount(kInferencePools); }
 
   std::multiset<std::string> EventReasons() {
+    std::multiset<std::string> reasons;
+    for (const Json& e : Events()) reasons.insert(e.value("reason", ""));
+    return reasons;
+  }
+  std::vector<Json> Events() {
     events_.Flush();
     auto list = client_.List(kEvents, kNs);
     EXPECT_TRUE(list.ok());
-    std::multiset<std::string> reasons;
+    std::vector<Json> out;
     if (list.ok())
-      for (const auto& e : (*list)["items"]) reasons.insert(e.value("reason", ""));
-    return reasons;
+      for (const auto& e : (*list)["items"]) out.push_back(e);
+    return out;
   }
 
   FakeClock clock_;
@@ -260,11 +350,12 @@ class PoolReconcilerTest : public ::testing::Test {
   Informer services_{&client_, kServices};
   Informer pods_{&client_, kPods};
   Informer nodes_{&client_, kNodes};
+  Informer secrets_{&client_, kSecrets, TokenSecretOptions()};
   kube::EventRecorder events_{&client_, "pdpool-controller", &clock_};
-  PoolReconciler reconciler_{
-      &client_,
-      ClusterCaches{&pools_, &replica_sets_, &deployments_, &services_, &pods_, &nodes_},
-      &events_, &clock_};
+  PoolReconciler reconciler_{&client_,
+                             ClusterCaches{&pools_, &replica_sets_, &deployments_, &services_,
+                                           &pods_, &nodes_, &secrets_},
+                             &events_, &clock_};
   ChangeNotifier notifier_;
   kube::CancelToken cancel_;
   std::vector<std::future<void>> runs_;
@@ -342,6 +433,7 @@ TEST_F(PoolReconcilerTest, CreatesWorkersRouterAndStatusForANewPool) {
   }
 
   auto reasons = EventReasons();
+  EXPECT_EQ(reasons.count("CreatedSecret"), 1u);
   EXPECT_EQ(reasons.count("CreatedReplicaSet"), 2u);
   EXPECT_EQ(reasons.count("CreatedDeployment"), 1u);
   EXPECT_EQ(reasons.count("CreatedService"), 1u);
@@ -615,6 +707,194 @@ TEST_F(PoolReconcilerTest, PoolMissingFromTheCacheIsANoOp) {
   EXPECT_EQ(r.requeue_after, Duration::zero());
   EXPECT_EQ(AllWrites(), writes);
   EXPECT_EQ(client_.ObjectCount(kReplicaSets), 2u);
+}
+
+// ---- the pool's token Secret ----
+
+// Whether the pod template mounts Secret `secret` and passes the token file to `container`.
+bool MountsToken(const Json& pod_template, const std::string& container,
+                 const std::string& secret) {
+  bool volume = false;
+  for (const Json& v : JsonGet<Json>(pod_template, "/spec/volumes", Json::array()))
+    volume |= v.value("name", "") == "pool-token" && Str(v, "/secret/secretName") == secret;
+  for (const Json& c : JsonGet<Json>(pod_template, "/spec/containers", Json::array())) {
+    if (c.value("name", "") != container) continue;
+    bool mount = false;
+    for (const Json& m : JsonGet<Json>(c, "/volumeMounts", Json::array()))
+      mount |= m.value("name", "") == "pool-token" &&
+               m.value("mountPath", "") == "/var/run/pdpool/token" && m.value("readOnly", false);
+    bool arg = false;
+    for (const Json& a : JsonGet<Json>(c, "/args", Json::array()))
+      arg |= a == "--auth-token-file=/var/run/pdpool/token/token";
+    return volume && mount && arg;
+  }
+  return false;
+}
+
+TEST_F(PoolReconcilerTest, CreatesTheTokenSecretOnceBeforeAnyWorker) {
+  std::vector<std::string> creates;
+  client_.SetCallHook([&](const kube::FakeCall& call) {
+    if (call.method == "Create" && call.type->resource != "events")
+      creates.push_back(call.type->resource);
+    return Status::Ok();
+  });
+  const Json seeded = Seed(PoolObject(1, 1));
+  ReconcileOk();
+  client_.SetCallHook({});
+  ASSERT_FALSE(creates.empty());
+  EXPECT_EQ(creates.front(), "secrets") << "workers must not start before their token exists";
+
+  auto secret = client_.Get(kSecrets, kNs, "llama-token");
+  ASSERT_TRUE(secret.ok()) << secret.status().ToString();
+  EXPECT_EQ(Str(*secret, "/type"), "Opaque");
+  EXPECT_EQ(Str(*secret, "/metadata/labels/app.kubernetes.io~1managed-by"), "pdpool");
+  EXPECT_EQ(Str(*secret, "/metadata/labels/pdpool.dev~1pool"), kPool);
+  const Json& refs = (*secret)["metadata"]["ownerReferences"];
+  ASSERT_EQ(refs.size(), 1u) << (*secret)["metadata"].dump(2);
+  EXPECT_EQ(refs[0].value("uid", ""), Str(seeded, "/metadata/uid"));
+  EXPECT_EQ(refs[0].value("kind", ""), "InferencePool");
+  EXPECT_TRUE(refs[0].value("controller", false));
+  EXPECT_TRUE(refs[0].value("blockOwnerDeletion", false));
+  const std::string token = StoredToken();
+  EXPECT_EQ(token.size(), 64u) << "32 random bytes as hex";
+  EXPECT_TRUE(IsLowerHex(token)) << "not hex";
+
+  // Every pod of the pool gets it.
+  for (const char* role : {"prefill", "decode"})
+    EXPECT_TRUE(MountsToken(OnlyReplicaSet(role)["spec"]["template"], "worker", "llama-token"))
+        << role << ": " << OnlyReplicaSet(role)["spec"]["template"].dump(2);
+  auto dep = client_.Get(kDeployments, kNs, "llama-router");
+  ASSERT_TRUE(dep.ok());
+  EXPECT_TRUE(MountsToken((*dep)["spec"]["template"], "router", "llama-token"));
+
+  // The token shows up nowhere else a user can read.
+  EXPECT_EQ(GetPool().dump().find(token), std::string::npos);
+  for (const Json& e : Events()) EXPECT_EQ(e.dump().find(token), std::string::npos) << e.dump();
+
+  // Later passes read it from the cache: no GET, no second Create, no write.
+  WaitForCaches();
+  client_.ResetCallCounts();
+  ReconcileOk();
+  EditPool([](Json& spec) { spec["decode"]["replicas"] = 2; });
+  ReconcileOk();
+  EXPECT_EQ(client_.CallCount("Get", kSecrets), 0);
+  EXPECT_EQ(client_.CallCount("Create", kSecrets), 0);
+  EXPECT_EQ(client_.WriteCount(kSecrets), 0);
+  EXPECT_EQ(StoredToken(), token);
+}
+
+TEST_F(PoolReconcilerTest, ExistingTokenIsNeverChanged) {
+  const Json seeded = Seed(PoolObject(1, 1));
+  auto stored = client_.Upsert(
+      kSecrets, SecretObject("llama-token", "token-from-before", Str(seeded, "/metadata/uid"), true));
+  ASSERT_TRUE(stored.ok()) << stored.status().ToString();
+  WaitForCaches();
+  const std::string rv = Str(*stored, "/metadata/resourceVersion");
+
+  ReconcileOk();
+  WaitForCaches();
+  EditPool([](Json& spec) { spec["image"] = "pdpool/agent:v2"; });  // a new pod template
+  ReconcileOk();
+  WaitForCaches();
+  ReconcileOk();
+
+  EXPECT_EQ(client_.WriteCount(kSecrets), 0);
+  auto secret = client_.Get(kSecrets, kNs, "llama-token");
+  ASSERT_TRUE(secret.ok());
+  EXPECT_EQ(Str(*secret, "/metadata/resourceVersion"), rv);
+  EXPECT_EQ(StoredToken(), "token-from-before");
+  EXPECT_EQ(ReplicaSets("prefill").size(), 2u) << "the rollout went ahead with the old token";
+  EXPECT_EQ(ConditionField(GetPool(), "Degraded", "status"), "False");
+}
+
+TEST_F(PoolReconcilerTest, OwnSecretNotYetInTheCacheIsUsedNotReplaced) {
+  // Ours, but without the label the cache selects on (as when the cache lags a Create): the
+  // refused Create is followed by one GET, and the Secret stays as it is.
+  const Json seeded = Seed(PoolObject(1, 1));
+  ASSERT_TRUE(client_.Upsert(kSecrets, SecretObject("llama-token", "ours", Str(seeded, "/metadata/uid"),
+                                                    /*labelled=*/false))
+                  .ok());
+  WaitForCaches();
+  client_.ResetCallCounts();
+  ReconcileOk();
+  EXPECT_EQ(client_.CallCount("Get", kSecrets), 1);
+  EXPECT_EQ(StoredToken(), "ours");
+  EXPECT_EQ(ReplicaSets("prefill").size(), 1u);
+  EXPECT_EQ(ConditionField(GetPool(), "Degraded", "status"), "False");
+}
+
+TEST_F(PoolReconcilerTest, ForeignSecretIsLeftAloneAndReportedAsDegraded) {
+  ASSERT_TRUE(client_.Upsert(kSecrets, SecretObject("llama-token", "users-own", "", false)).ok());
+  Seed(PoolObject(1, 1));
+  auto before = client_.Get(kSecrets, kNs, "llama-token");
+  ASSERT_TRUE(before.ok());
+
+  ReconcileResult r = ReconcileOk();
+  EXPECT_GT(r.requeue_after, Duration::zero()) << "must look again: its removal may not be seen";
+  auto after = client_.Get(kSecrets, kNs, "llama-token");
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(*after, *before) << "a user's Secret was changed";
+  EXPECT_EQ(client_.ObjectCount(kReplicaSets), 0u);
+  EXPECT_EQ(client_.ObjectCount(kDeployments), 0u);
+  EXPECT_EQ(client_.ObjectCount(kServices), 0u);
+  Json pool = GetPool();
+  EXPECT_EQ(ConditionField(pool, "Degraded", "status"), "True");
+  EXPECT_EQ(ConditionField(pool, "Degraded", "reason"), "TokenSecretConflict");
+  EXPECT_NE(ConditionField(pool, "Degraded", "message").find("Secret llama-token"),
+            std::string::npos)
+      << ConditionField(pool, "Degraded", "message");
+  EXPECT_EQ(pool.dump().find("users-own"), std::string::npos);
+  EXPECT_EQ(EventReasons().count("TokenSecretConflict"), 1u);
+
+  // The user removes it: the pool gets its own and goes ahead.
+  ASSERT_TRUE(client_.Delete(kSecrets, kNs, "llama-token").ok());
+  WaitForCaches();
+  ReconcileOk();
+  EXPECT_EQ(StoredToken().size(), 64u);
+  EXPECT_EQ(ReplicaSets("prefill").size(), 1u);
+  EXPECT_EQ(ConditionField(GetPool(), "Degraded", "status"), "False");
+}
+
+TEST_F(PoolReconcilerTest, OwnSecretWithoutATokenIsReportedNotRewritten) {
+  const Json seeded = Seed(PoolObject(1, 1));
+  ASSERT_TRUE(
+      client_.Upsert(kSecrets, SecretObject("llama-token", "", Str(seeded, "/metadata/uid"), true))
+          .ok());
+  WaitForCaches();
+  ReconcileOk();
+  EXPECT_EQ(client_.WriteCount(kSecrets), 0);
+  EXPECT_EQ(client_.ObjectCount(kReplicaSets), 0u);
+  Json pool = GetPool();
+  EXPECT_EQ(ConditionField(pool, "Degraded", "reason"), "TokenSecretConflict");
+  const std::string message = ConditionField(pool, "Degraded", "message");
+  EXPECT_NE(message.find("llama-token"), std::string::npos) << message;
+  EXPECT_NE(message.find("\"token\""), std::string::npos) << message;
+}
+
+TEST_F(PoolReconcilerTest, EachPoolGetsItsOwnToken) {
+  Seed(PoolObject(1, 1));
+  Seed(PoolObject(1, 1, 2, "mistral"));
+  ReconcileOk();
+  ReconcileResult r = reconciler_.Reconcile("ns/mistral");
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  const std::string llama = StoredToken("llama");
+  const std::string mistral = StoredToken("mistral");
+  EXPECT_EQ(llama.size(), 64u);
+  EXPECT_EQ(mistral.size(), 64u);
+  EXPECT_TRUE(IsLowerHex(mistral));
+  EXPECT_NE(llama, mistral);
+}
+
+TEST(PoolReconcilerToken, SixtyFourHexDigitsFreshEachTime) {
+  std::set<std::string> seen;
+  for (int i = 0; i < 16; ++i) {
+    StatusOr<std::string> t = GeneratePoolToken();
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    EXPECT_EQ(t->size(), 64u);
+    EXPECT_TRUE(IsLowerHex(*t)) << *t;
+    seen.insert(*t);
+  }
+  EXPECT_EQ(seen.size(), 16u);
 }
 
 }  // namespace

@@ -1,14 +1,13 @@
 // Tests of the router's OpenAI surface without a server: request parsing and validation
 // (errors name the field), the chat template, context/max_tokens resolution, error bodies,
 // response bodies, SSE framing, and OutputText (stop strings, split UTF-8, EOS).
-#include "agent/router/openai_api.h"
-
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
 #include "agent/model/tokenizer.h"
+#include "agent/router/openai_api.h"
 #include "agent/router/output_text.h"
 
 namespace pdpool::agent {
@@ -70,11 +69,11 @@ TEST(RouterOpenAiApiTest, CompletionRejectsBatchesAndBadPrompts) {
   EXPECT_EQ(e.param, "prompt");
   EXPECT_NE(e.message.find("only one"), std::string::npos) << e.message;
 
-  EXPECT_EQ(ParseErr({{"max_tokens", 3}}).param, "prompt");                 // missing
-  EXPECT_EQ(ParseErr({{"prompt", Json::array()}}).param, "prompt");         // empty
-  EXPECT_EQ(ParseErr({{"prompt", {1, -2}}}).param, "prompt");               // negative id
-  EXPECT_EQ(ParseErr({{"prompt", 42}}).param, "prompt");                    // wrong type
-  EXPECT_EQ(ParseErr(Json::array({1, 2})).status, 400);                     // not an object
+  EXPECT_EQ(ParseErr({{"max_tokens", 3}}).param, "prompt");          // missing
+  EXPECT_EQ(ParseErr({{"prompt", Json::array()}}).param, "prompt");  // empty
+  EXPECT_EQ(ParseErr({{"prompt", {1, -2}}}).param, "prompt");        // negative id
+  EXPECT_EQ(ParseErr({{"prompt", 42}}).param, "prompt");             // wrong type
+  EXPECT_EQ(ParseErr(Json::array({1, 2})).status, 400);              // not an object
 }
 
 TEST(RouterOpenAiApiTest, ParameterLimitsNameTheField) {
@@ -244,8 +243,8 @@ TEST(RouterOpenAiApiTest, ResponseBodies) {
 
 TEST(RouterOpenAiApiTest, SseFramingOfCompletionChunks) {
   ChunkEncoder enc({ApiKind::kCompletion, "cmpl-7", 42, "tiny"}, /*include_usage=*/true);
-  std::string stream = enc.TextEvent("he") + enc.TextEvent("llo \"q\"\n") + enc.FinishEvent("length") +
-                       enc.UsageEvent({4, 2}) + std::string(kSseDone);
+  std::string stream = enc.TextEvent("he") + enc.TextEvent("llo \"q\"\n") +
+                       enc.FinishEvent("length") + enc.UsageEvent({4, 2}) + std::string(kSseDone);
   auto events = SseData(stream);
   ASSERT_EQ(events.size(), 5u);
   EXPECT_EQ(events[0]["object"], "text_completion");
@@ -280,7 +279,8 @@ TEST(RouterOpenAiApiTest, SseFramingOfChatChunks) {
 std::vector<int32_t> Bytes(std::string_view s) { return ByteTokenizer().Encode(s); }
 
 // Feeds tokens, returns the concatenated deltas.
-std::string Feed(OutputText& out, const std::vector<int32_t>& tokens, std::vector<std::string>* deltas = nullptr) {
+std::string Feed(OutputText& out, const std::vector<int32_t>& tokens,
+                 std::vector<std::string>* deltas = nullptr) {
   std::string all;
   for (int32_t t : tokens) {
     std::string d = out.Add(t);

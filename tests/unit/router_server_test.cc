@@ -61,102 +61,108 @@ class FakeWorker {
       res.set_content(R"({"error":"missing or wrong pool token"})", "application/json");
       return false;
     };
-    server_.Get(protocol::kInfoPath, [=, this](const httplib::Request& req, httplib::Response& res) {
-      if (!authorized(req, res)) return;
-      ++info;
-      Json j = {{"role", PoolRoleName(role_)},
-                {"backend", "fake"},
-                {"model", "test-tiny"},
-                {"ready", true},
-                {"draining", false},
-                {"block_size", 16},
-                {"kv_blocks_total", 1000},
-                {"kv_blocks_free", free_blocks.load()},
-                {"kv_usage_ratio", 1.0 - free_blocks.load() / 1000.0},
-                {"running", 0},
-                {"waiting", 0},
-                {"outstanding_prefill_tokens", outstanding.load()},
-                {"max_model_len", max_model_len.load()},
-                {"kv_address", kv_address()}};
-      res.set_content(j.dump(), "application/json");
-    });
-    server_.Post(protocol::kReservePath, [=, this](const httplib::Request& req, httplib::Response& res) {
-      if (!authorized(req, res)) return;
-      ++reserve;
-      if (reserve_busy) {
-        res.status = 503;
-        res.set_content(R"({"error":"no free KV blocks"})", "application/json");
-        return;
-      }
-      Json body = Json::parse(req.body);
-      std::lock_guard lock(mu_);
-      int64_t id = next_reservation_++;
-      live_.push_back(id);
-      reserve_bodies_.push_back(body);
-      Json reply = {{"reservation_id", id},
-                    {"blocks", {id * 10, id * 10 + 1}},
-                    {"block_size", 16},
-                    {"kv_address", kv_address()},
-                    {"expires_ms", 30000}};
-      res.set_content(reply.dump(), "application/json");
-    });
-    server_.Post(protocol::kReleasePath, [=, this](const httplib::Request& req, httplib::Response& res) {
-      if (!authorized(req, res)) return;
-      ++release;
-      int64_t id = Json::parse(req.body).at("reservation_id").get<int64_t>();
-      std::lock_guard lock(mu_);
-      released_.push_back(id);
-      std::erase(live_, id);
-      res.set_content("{}", "application/json");
-    });
-    server_.Post(protocol::kPrefillPath, [=, this](const httplib::Request& req, httplib::Response& res) {
-      if (!authorized(req, res)) return;
-      ++prefill;
-      Json body = Json::parse(req.body);
-      {
-        std::lock_guard lock(mu_);
-        prefill_bodies_.push_back(body);
-      }
-      int f = fail_prefill.load();
-      if (f != 0) {
-        if (f > 0) --fail_prefill;
-        res.status = 500;
-        res.set_content(R"({"error":"kv transfer broke"})", "application/json");
-        return;
-      }
-      Json reply = {{"first_token", script_.at(0)},
-                    {"prompt_tokens", body.at("prompt_token_ids").size()},
-                    {"kv_bytes", 4096},
-                    {"kv_transfer_seconds", 0.001}};
-      res.set_content(reply.dump(), "application/json");
-    });
-    server_.Post(protocol::kDecodePath, [=, this](const httplib::Request& req, httplib::Response& res) {
-      if (!authorized(req, res)) return;
-      ++decode;
-      Json body = Json::parse(req.body);
-      int64_t id = body.at("reservation_id").get<int64_t>();
-      {
-        std::lock_guard lock(mu_);
-        decode_bodies_.push_back(body);
-        if (std::find(live_.begin(), live_.end(), id) == live_.end()) {
-          res.status = 404;
-          res.set_content(R"({"error":"unknown reservation"})", "application/json");
-          return;
-        }
-        std::erase(live_, id);
-      }
-      Stream(res, 1, body.at("max_tokens").get<int>(), body.value("ignore_eos", false));
-    });
-    server_.Post(protocol::kGeneratePath, [=, this](const httplib::Request& req, httplib::Response& res) {
-      if (!authorized(req, res)) return;
-      ++generate;
-      Json body = Json::parse(req.body);
-      {
-        std::lock_guard lock(mu_);
-        generate_bodies_.push_back(body);
-      }
-      Stream(res, 0, body.at("max_tokens").get<int>(), body.value("ignore_eos", false));
-    });
+    server_.Get(protocol::kInfoPath,
+                [=, this](const httplib::Request& req, httplib::Response& res) {
+                  if (!authorized(req, res)) return;
+                  ++info;
+                  Json j = {{"role", PoolRoleName(role_)},
+                            {"backend", "fake"},
+                            {"model", "test-tiny"},
+                            {"ready", true},
+                            {"draining", false},
+                            {"block_size", 16},
+                            {"kv_blocks_total", 1000},
+                            {"kv_blocks_free", free_blocks.load()},
+                            {"kv_usage_ratio", 1.0 - free_blocks.load() / 1000.0},
+                            {"running", 0},
+                            {"waiting", 0},
+                            {"outstanding_prefill_tokens", outstanding.load()},
+                            {"max_model_len", max_model_len.load()},
+                            {"kv_address", kv_address()}};
+                  res.set_content(j.dump(), "application/json");
+                });
+    server_.Post(protocol::kReservePath,
+                 [=, this](const httplib::Request& req, httplib::Response& res) {
+                   if (!authorized(req, res)) return;
+                   ++reserve;
+                   if (reserve_busy) {
+                     res.status = 503;
+                     res.set_content(R"({"error":"no free KV blocks"})", "application/json");
+                     return;
+                   }
+                   Json body = Json::parse(req.body);
+                   std::lock_guard lock(mu_);
+                   int64_t id = next_reservation_++;
+                   live_.push_back(id);
+                   reserve_bodies_.push_back(body);
+                   Json reply = {{"reservation_id", id},
+                                 {"blocks", {id * 10, id * 10 + 1}},
+                                 {"block_size", 16},
+                                 {"kv_address", kv_address()},
+                                 {"expires_ms", 30000}};
+                   res.set_content(reply.dump(), "application/json");
+                 });
+    server_.Post(protocol::kReleasePath,
+                 [=, this](const httplib::Request& req, httplib::Response& res) {
+                   if (!authorized(req, res)) return;
+                   ++release;
+                   int64_t id = Json::parse(req.body).at("reservation_id").get<int64_t>();
+                   std::lock_guard lock(mu_);
+                   released_.push_back(id);
+                   std::erase(live_, id);
+                   res.set_content("{}", "application/json");
+                 });
+    server_.Post(protocol::kPrefillPath,
+                 [=, this](const httplib::Request& req, httplib::Response& res) {
+                   if (!authorized(req, res)) return;
+                   ++prefill;
+                   Json body = Json::parse(req.body);
+                   {
+                     std::lock_guard lock(mu_);
+                     prefill_bodies_.push_back(body);
+                   }
+                   int f = fail_prefill.load();
+                   if (f != 0) {
+                     if (f > 0) --fail_prefill;
+                     res.status = 500;
+                     res.set_content(R"({"error":"kv transfer broke"})", "application/json");
+                     return;
+                   }
+                   Json reply = {{"first_token", script_.at(0)},
+                                 {"prompt_tokens", body.at("prompt_token_ids").size()},
+                                 {"kv_bytes", 4096},
+                                 {"kv_transfer_seconds", 0.001}};
+                   res.set_content(reply.dump(), "application/json");
+                 });
+    server_.Post(
+        protocol::kDecodePath, [=, this](const httplib::Request& req, httplib::Response& res) {
+          if (!authorized(req, res)) return;
+          ++decode;
+          Json body = Json::parse(req.body);
+          int64_t id = body.at("reservation_id").get<int64_t>();
+          {
+            std::lock_guard lock(mu_);
+            decode_bodies_.push_back(body);
+            if (std::find(live_.begin(), live_.end(), id) == live_.end()) {
+              res.status = 404;
+              res.set_content(R"({"error":"unknown reservation"})", "application/json");
+              return;
+            }
+            std::erase(live_, id);
+          }
+          Stream(res, 1, body.at("max_tokens").get<int>(), body.value("ignore_eos", false));
+        });
+    server_.Post(
+        protocol::kGeneratePath, [=, this](const httplib::Request& req, httplib::Response& res) {
+          if (!authorized(req, res)) return;
+          ++generate;
+          Json body = Json::parse(req.body);
+          {
+            std::lock_guard lock(mu_);
+            generate_bodies_.push_back(body);
+          }
+          Stream(res, 0, body.at("max_tokens").get<int>(), body.value("ignore_eos", false));
+        });
     port_ = server_.bind_to_any_port("127.0.0.1");
     thread_ = std::thread([this] { server_.listen_after_bind(); });
   }
@@ -169,10 +175,22 @@ class FakeWorker {
   std::string kv_address() const { return "127.0.0.1:" + std::to_string(port_ + 10000); }
   WorkerSpec spec() const { return {address(), role_}; }
 
-  std::vector<Json> prefill_bodies() const { std::lock_guard l(mu_); return prefill_bodies_; }
-  std::vector<Json> decode_bodies() const { std::lock_guard l(mu_); return decode_bodies_; }
-  std::vector<Json> generate_bodies() const { std::lock_guard l(mu_); return generate_bodies_; }
-  std::vector<int64_t> released() const { std::lock_guard l(mu_); return released_; }
+  std::vector<Json> prefill_bodies() const {
+    std::lock_guard l(mu_);
+    return prefill_bodies_;
+  }
+  std::vector<Json> decode_bodies() const {
+    std::lock_guard l(mu_);
+    return decode_bodies_;
+  }
+  std::vector<Json> generate_bodies() const {
+    std::lock_guard l(mu_);
+    return generate_bodies_;
+  }
+  std::vector<int64_t> released() const {
+    std::lock_guard l(mu_);
+    return released_;
+  }
 
   // Knobs.
   std::atomic<int> fail_prefill{0};  // prefills to fail with 500; -1: all
@@ -191,31 +209,31 @@ class FakeWorker {
  private:
   // Streams script tokens [from, max_tokens) as NDJSON; EOS ends it unless ignored.
   void Stream(httplib::Response& res, int from, int max_tokens, bool ignore_eos) {
-    res.set_chunked_content_provider(
-        "application/x-ndjson", [this, from, max_tokens, ignore_eos](size_t, httplib::DataSink& sink) {
-          std::string reason = "length";
-          for (int i = from; i < max_tokens; ++i) {
-            if (int d = step_delay_ms.load(); d > 0) std::this_thread::sleep_for(milliseconds(d));
-            int32_t t = script_[static_cast<size_t>(i) % script_.size()];
-            std::string line = "{\"token\":" + std::to_string(t) + "}\n";
-            if (!sink.write(line.data(), line.size())) {
-              ++cancelled_streams;
-              return false;
-            }
-            if (t == kEos && !ignore_eos) {
-              reason = "stop";
-              break;
-            }
-          }
-          std::string last = "{\"finish_reason\":\"" + reason + "\"}\n";
-          if (!sink.write(last.data(), last.size())) {
-            ++cancelled_streams;
-            return false;
-          }
-          ++finished_streams;
-          sink.done();
-          return true;
-        });
+    res.set_chunked_content_provider("application/x-ndjson", [this, from, max_tokens, ignore_eos](
+                                                                 size_t, httplib::DataSink& sink) {
+      std::string reason = "length";
+      for (int i = from; i < max_tokens; ++i) {
+        if (int d = step_delay_ms.load(); d > 0) std::this_thread::sleep_for(milliseconds(d));
+        int32_t t = script_[static_cast<size_t>(i) % script_.size()];
+        std::string line = "{\"token\":" + std::to_string(t) + "}\n";
+        if (!sink.write(line.data(), line.size())) {
+          ++cancelled_streams;
+          return false;
+        }
+        if (t == kEos && !ignore_eos) {
+          reason = "stop";
+          break;
+        }
+      }
+      std::string last = "{\"finish_reason\":\"" + reason + "\"}\n";
+      if (!sink.write(last.data(), last.size())) {
+        ++cancelled_streams;
+        return false;
+      }
+      ++finished_streams;
+      sink.done();
+      return true;
+    });
   }
 
   PoolRole role_;
@@ -259,7 +277,9 @@ class Router {
     return o;
   }
 
-  bool WaitReady() { return WaitUntil([&] { return server_->ready(); }); }
+  bool WaitReady() {
+    return WaitUntil([&] { return server_->ready(); });
+  }
   httplib::Client Client() const {
     httplib::Client c("127.0.0.1", server_->port());
     c.set_read_timeout(10, 0);
@@ -611,7 +631,8 @@ TEST(RouterServerTest, PrefillFailingEverywhereIs502) {
   EXPECT_EQ(res->status, 502) << res->body;
   Json err = Json::parse(res->body);
   EXPECT_EQ(err["error"]["type"], "server_error");
-  EXPECT_NE(err["error"]["message"].get<std::string>().find("kv transfer broke"), std::string::npos);
+  EXPECT_NE(err["error"]["message"].get<std::string>().find("kv transfer broke"),
+            std::string::npos);
   EXPECT_EQ(p1.prefill + p2.prefill, 2);
   EXPECT_EQ(d.release, 2);  // every reservation handed back
   EXPECT_EQ(d.decode, 0);
@@ -668,17 +689,22 @@ TEST(RouterServerTest, ClientErrorsHaveOpenAiBodies) {
     Json err = Json::parse(res->body);
     EXPECT_FALSE(err["error"]["message"].get<std::string>().empty()) << res->body;
     EXPECT_TRUE(err["error"].contains("type")) << res->body;
-    if (!param.empty()) EXPECT_EQ(err["error"]["param"], param) << res->body;
-    if (!code.empty()) EXPECT_EQ(err["error"]["code"], code) << res->body;
+    if (!param.empty()) {
+      EXPECT_EQ(err["error"]["param"], param) << res->body;
+    }
+    if (!code.empty()) {
+      EXPECT_EQ(err["error"]["code"], code) << res->body;
+    }
   };
   Json wrong_model = Completion("hi", 3);
   wrong_model["model"] = "gpt-4";
   expect_error(router.Post("/v1/completions", wrong_model), 404, "model", "model_not_found");
   expect_error(router.Post("/v1/completions", Completion("hi", 0)), 400, "max_tokens");
-  expect_error(router.Post("/v1/completions", Completion(std::string(40, 'x'), 3)), 400,
-               "prompt", "context_length_exceeded");
+  expect_error(router.Post("/v1/completions", Completion(std::string(40, 'x'), 3)), 400, "prompt",
+               "context_length_exceeded");
   expect_error(router.Post("/v1/completions", Completion("hi", 30)), 400, "max_tokens");
-  expect_error(router.Client().Post("/v1/completions", "{\"prompt\": ", "application/json"), 400, "");
+  expect_error(router.Client().Post("/v1/completions", "{\"prompt\": ", "application/json"), 400,
+               "");
   expect_error(router.Client().Post("/v1/completions", std::string(4096, ' '), "application/json"),
                413, "");
   expect_error(router.Get("/v1/nothing"), 404, "");
@@ -699,6 +725,25 @@ TEST(RouterServerTest, ModelsList) {
   EXPECT_EQ(body["data"][0]["object"], "model");
 }
 
+TEST(RouterServerTest, ApiKeyWhenConfigured) {
+  FakeWorker b(PoolRole::kBoth);
+  RouterServerOptions o;
+  o.api_key = "client-key";
+  Router router({b.spec()}, o);
+  ASSERT_TRUE(router.WaitReady());
+  auto res = router.Post("/v1/completions", Completion("hi", 2));
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  EXPECT_EQ(Json::parse(res->body)["error"]["code"], "invalid_api_key");
+  EXPECT_EQ(b.generate, 0);
+  httplib::Client client = router.Client();
+  client.set_bearer_token_auth("client-key");
+  res = client.Post("/v1/completions", Completion("hi", 2).dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(router.Get("/healthz")->status, 200);  // probes need no key
+}
+
 TEST(RouterServerTest, MetricsMove) {
   FakeWorker p(PoolRole::kPrefill), d(PoolRole::kDecode);
   Router router({p.spec(), d.spec()});
@@ -711,7 +756,8 @@ TEST(RouterServerTest, MetricsMove) {
   auto res = router.Get("/metrics");
   ASSERT_TRUE(res);
   const std::string& m = res->body;
-  EXPECT_EQ(MetricValue(m, "pdpool_router_requests_total", {"code=\"200\"", "pool=\"test-pool\""}), 2);
+  EXPECT_EQ(MetricValue(m, "pdpool_router_requests_total", {"code=\"200\"", "pool=\"test-pool\""}),
+            2);
   EXPECT_EQ(MetricValue(m, "pdpool_router_requests_total", {"code=\"400\""}), 1);
   EXPECT_EQ(MetricValue(m, "pdpool_router_ttft_seconds_count"), 2);
   EXPECT_EQ(MetricValue(m, "pdpool_router_tpot_seconds_count"), 2);
@@ -759,12 +805,15 @@ TEST(RouterServerTest, ShutdownLetsInflightStreamsFinishAndRefusesNewOnes) {
   ASSERT_TRUE(router.WaitReady());
   Json req = Completion("hi", 40);
   req["stream"] = true;
-  auto streamed = std::async(std::launch::async, [&] { return router.Post("/v1/completions", req); });
+  auto streamed =
+      std::async(std::launch::async, [&] { return router.Post("/v1/completions", req); });
   ASSERT_TRUE(WaitUntil([&] { return d.decode.load() == 1; }));
   auto shutdown = std::async(std::launch::async, [&] { router.server().Shutdown(); });
   ASSERT_TRUE(WaitUntil([&] { return !router.server().ready(); }));
   auto refused = router.Post("/v1/completions", Completion("hi", 3));
-  if (refused) EXPECT_EQ(refused->status, 503);  // or the listener is already closed
+  if (refused) {
+    EXPECT_EQ(refused->status, 503);  // or the listener is already closed
+  }
   auto res = streamed.get();
   shutdown.get();
   ASSERT_TRUE(res);

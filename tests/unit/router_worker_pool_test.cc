@@ -1,8 +1,6 @@
 // Tests of the router's worker selection and discovery without HTTP: polled info is fed in
 // directly and health backoff runs on a FakeClock. Discovery: static flag lists, which pods
 // become workers, and the pod informer keeping the pool's set current.
-#include "agent/router/worker_pool.h"
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +13,7 @@
 #include <vector>
 
 #include "agent/router/worker_discovery.h"
+#include "agent/router/worker_pool.h"
 #include "common/kube/resource.h"
 #include "tests/fakes/fake_kube_client.h"
 
@@ -109,7 +108,8 @@ TEST_F(WorkerPoolTest, DecodePicksLowestKvUsageCountingReservations) {
 }
 
 TEST_F(WorkerPoolTest, TiesGoRoundRobin) {
-  pool_.SetWorkers({{"d:1", PoolRole::kDecode}, {"d:2", PoolRole::kDecode}, {"d:3", PoolRole::kDecode}});
+  pool_.SetWorkers(
+      {{"d:1", PoolRole::kDecode}, {"d:2", PoolRole::kDecode}, {"d:3", PoolRole::kDecode}});
   for (auto a : {"d:1", "d:2", "d:3"}) Feed(a, Info(PoolRole::kDecode));
   std::map<std::string, int> picks;
   for (int i = 0; i < 30; ++i) ++picks[PickAddress(PoolRole::kDecode)];
@@ -229,8 +229,8 @@ TEST(RouterDiscoveryTest, StaticListsParseAndValidate) {
   EXPECT_NE(dup.status().message().find("more than once"), std::string::npos);
 }
 
-Json WorkerPod(const std::string& name, const std::string& role, const std::string& ip,
-               bool ready, const std::string& pool = "p1") {
+Json WorkerPod(const std::string& name, const std::string& role, const std::string& ip, bool ready,
+               const std::string& pool = "p1") {
   return {{"apiVersion", "v1"},
           {"kind", "Pod"},
           {"metadata",
