@@ -5,6 +5,7 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include "common/http_server.h"
 #include "common/log.h"
 
 namespace pdpool {
@@ -37,15 +38,9 @@ Status AdminServer::Start() {
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(registry_ ? SerializeMetrics(*registry_) : "", "text/plain; version=0.0.4");
   });
-  if (options_.port == 0) {
-    port_ = s.bind_to_any_port(options_.host);
-    if (port_ <= 0) return Status::Unavailable("admin server: cannot bind " + options_.host);
-  } else {
-    if (!s.bind_to_port(options_.host, options_.port))
-      return Status::Unavailable("admin server: cannot bind " + options_.host + ":" +
-                                 std::to_string(options_.port));
-    port_ = options_.port;
-  }
+  auto bound = BindHttpServer(s, options_.host, options_.port, "admin server");
+  if (!bound.ok()) return bound.status();
+  port_ = *bound;
   thread_ = std::thread([this] { impl_->server.listen_after_bind(); });
   LogInfo("admin server listening", {{"address", options_.host + ":" + std::to_string(port_)}});
   return Status::Ok();

@@ -16,6 +16,7 @@
 #include "agent/router/generation_flow.h"
 #include "agent/router/openai_api.h"
 #include "agent/router/output_text.h"
+#include "common/http_server.h"
 #include "common/log.h"
 
 namespace pdpool::agent {
@@ -412,15 +413,9 @@ Status RouterServer::Start() {
   });
 
   const std::string& host = impl->options.host;
-  if (impl->options.port == 0) {
-    impl->port = s.bind_to_any_port(host);
-    if (impl->port <= 0) return Status::Unavailable("router: cannot bind " + host);
-  } else {
-    if (!s.bind_to_port(host, impl->options.port))
-      return Status::Unavailable("router: cannot bind " + host + ":" +
-                                 std::to_string(impl->options.port));
-    impl->port = impl->options.port;
-  }
+  auto bound = BindHttpServer(s, host, impl->options.port, "router");
+  if (!bound.ok()) return bound.status();
+  impl->port = *bound;
   impl->thread = std::thread([impl] { impl->server.listen_after_bind(); });
   LogInfo("router listening", {{"address", host + ":" + std::to_string(impl->port)},
                                {"model", impl->options.served_model_name},

@@ -12,6 +12,7 @@
 #include "agent/transport/tcp_kv_transport.h"
 #include "agent/worker/worker_protocol.h"
 #include "common/admin_server.h"
+#include "common/http_server.h"
 #include "common/json.h"
 #include "common/log.h"
 
@@ -576,7 +577,6 @@ Status WorkerServer::Start() {
   const int threads = m.options.http_threads;
   srv.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   srv.set_keep_alive_max_count(1'000'000);
-  srv.set_tcp_nodelay(true);
   srv.set_payload_max_length(64u << 20);
   srv.Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
@@ -607,15 +607,9 @@ Status WorkerServer::Start() {
   srv.Post(protocol::kGeneratePath,
            [this](const httplib::Request& q, httplib::Response& r) { impl_->HandleGenerate(q, r); });
 
-  if (m.options.port == 0) {
-    m.port = srv.bind_to_any_port(m.options.host);
-  } else {
-    m.port = srv.bind_to_port(m.options.host, m.options.port) ? m.options.port : -1;
-  }
-  if (m.port <= 0) {
-    return Status::Unavailable("cannot listen on " + m.options.host + ":" +
-                               std::to_string(m.options.port));
-  }
+  auto bound = BindHttpServer(srv, m.options.host, m.options.port, "worker");
+  if (!bound.ok()) return bound.status();
+  m.port = *bound;
   m.server_thread = std::thread([this] { impl_->server.listen_after_bind(); });
   return Status::Ok();
 }

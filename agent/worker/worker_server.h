@@ -30,7 +30,7 @@ struct WorkerServerOptions {
   int kv_port = 0;      // 0: any free port
   std::string advertise_host = "127.0.0.1";  // how peers reach this worker (pod IP)
   std::string auth_token;
-  int http_threads = 64;
+  int http_threads = 256;  // httplib holds one per open keep-alive connection
   std::chrono::milliseconds reservation_ttl{30'000};
   std::chrono::milliseconds request_timeout{600'000};
   std::chrono::milliseconds kv_io_timeout{10'000};
