@@ -41,7 +41,9 @@ struct LoadResult {
     size_t i = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
     return v[std::min(i, v.size() - 1)];
   }
-  double Rate() const { return seconds > 0 ? static_cast<double>(latencies_ms.size()) / seconds : 0; }
+  double Rate() const {
+    return seconds > 0 ? static_cast<double>(latencies_ms.size()) / seconds : 0;
+  }
 };
 
 // One request on a keep-alive client; empty on success, else what went wrong.
@@ -72,11 +74,13 @@ LoadResult RunLoad(int port, double rate, double duration_s, int threads, const 
       client.set_read_timeout(30);
       (void)fn(client);  // warm-up: the connection is open before the clock starts
       for (int64_t i = t; i < total; i += threads) {
-        const auto scheduled = start + std::chrono::nanoseconds(static_cast<int64_t>(1e9 * i / rate));
+        const auto scheduled =
+            start + std::chrono::nanoseconds(static_cast<int64_t>(1e9 * i / rate));
         std::this_thread::sleep_until(scheduled);
         std::string error = fn(client);
         if (error.empty()) {
-          lat[t].push_back(std::chrono::duration<double, std::milli>(Steady::now() - scheduled).count());
+          lat[t].push_back(
+              std::chrono::duration<double, std::milli>(Steady::now() - scheduled).count());
         } else if (errors++ == 0) {
           std::lock_guard lock(error_mu);
           first_error = error;
@@ -117,7 +121,8 @@ int main(int argc, char** argv) {
   std::string model = "test-tiny";
   app.add_option("--rate", rate, "offered requests per second")->capture_default_str();
   app.add_option("--duration", duration, "seconds of load per phase")->capture_default_str();
-  app.add_option("--threads", threads, "client threads (keep-alive connections)")->capture_default_str();
+  app.add_option("--threads", threads, "client threads (keep-alive connections)")
+      ->capture_default_str();
   app.add_option("--max-tokens", max_tokens, "tokens per request")->capture_default_str();
   app.add_option("--modes", mode, "aggregated,disaggregated")->capture_default_str();
   app.add_option("--model", model, "model shape of the sim workers")->capture_default_str();
@@ -125,7 +130,8 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "write the results as JSON here");
   CLI11_PARSE(app, argc, argv);
 
-  const std::string dir = std::filesystem::temp_directory_path() / ("router-overhead-" + std::to_string(getpid()));
+  const std::string dir =
+      std::filesystem::temp_directory_path() / ("router-overhead-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   const std::string token_file = dir + "/token";
   const std::string token = "bench-token";
@@ -143,7 +149,8 @@ int main(int argc, char** argv) {
     }
     children.push_back(std::move(c));
     if (!WaitReady(port)) {
-      std::fprintf(stderr, "router_overhead: %s not ready (log %s/%s.log)\n", name.c_str(), dir.c_str(), name.c_str());
+      std::fprintf(stderr, "router_overhead: %s not ready (log %s/%s.log)\n", name.c_str(),
+                   dir.c_str(), name.c_str());
       std::exit(1);
     }
     return port;
@@ -153,10 +160,14 @@ int main(int argc, char** argv) {
                  {"worker", "--role", role, "--backend", "sim", "--model", model, "--gpu", "H200"});
   };
   const httplib::Headers auth = {{"Authorization", "Bearer " + token}};
-  const pdpool::Json prompt_ids = pdpool::Json::array({104, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100});
-  const std::string completion =
-      pdpool::Json{{"model", "bench"}, {"prompt", "hello world"}, {"max_tokens", max_tokens},
-                   {"temperature", 0}, {"ignore_eos", true}}.dump();
+  const pdpool::Json prompt_ids =
+      pdpool::Json::array({104, 101, 108, 108, 111, 32, 119, 111, 114, 108, 100});
+  const std::string completion = pdpool::Json{
+      {"model", "bench"},
+      {"prompt", "hello world"},
+      {"max_tokens", max_tokens},
+      {"temperature", 0},
+      {"ignore_eos", true}}.dump();
 
   struct Row {
     std::string metric;
@@ -166,8 +177,9 @@ int main(int argc, char** argv) {
     std::string result;
   };
   std::vector<Row> rows;
-  pdpool::Json json = {{"rate", rate}, {"duration_s", duration}, {"threads", threads},
-                       {"max_tokens", max_tokens}, {"model", model}, {"phases", pdpool::Json::object()}};
+  pdpool::Json json = {{"rate", rate},       {"duration_s", duration},
+                       {"threads", threads}, {"max_tokens", max_tokens},
+                       {"model", model},     {"phases", pdpool::Json::object()}};
 
   auto report = [&](const std::string& name, const LoadResult& direct, const LoadResult& routed) {
     const double add50 = routed.Percentile(50) - direct.Percentile(50);
@@ -181,9 +193,10 @@ int main(int argc, char** argv) {
     const bool direct_held = direct.errors == 0 && direct.Rate() >= 0.98 * rate;
     const bool routed_held = routed.errors == 0 && routed.Rate() >= 0.98 * rate;
     rows.push_back({name + ": added p99 (ms)", add99, "<= 1 ms", add99 / 1.0,
-                    !direct_held ? "n/a: direct path saturated"
+                    !direct_held   ? "n/a: direct path saturated"
                     : !routed_held ? "MISSED"
-                    : add99 <= 1.0 ? "met" : "MISSED"});
+                    : add99 <= 1.0 ? "met"
+                                   : "MISSED"});
     rows.push_back({name + ": rate direct (req/s)", direct.Rate(), "peer", 0, "-"});
     rows.push_back({name + ": rate via router (req/s)", routed.Rate(),
                     ">= " + std::to_string(static_cast<int>(rate)), routed.Rate() / rate,
@@ -191,13 +204,22 @@ int main(int argc, char** argv) {
     rows.push_back({name + ": errors direct", static_cast<double>(direct.errors), "0", 0, "-"});
     rows.push_back({name + ": errors via router", static_cast<double>(routed.errors), "0", 0,
                     routed.errors == 0 ? "met" : "MISSED"});
-    if (!direct.first_error.empty()) std::fprintf(stderr, "%s direct, first error: %s\n", name.c_str(), direct.first_error.c_str());
-    if (!routed.first_error.empty()) std::fprintf(stderr, "%s via router, first error: %s\n", name.c_str(), routed.first_error.c_str());
-    json["phases"][name] = {{"direct_p50_ms", direct.Percentile(50)}, {"direct_p99_ms", direct.Percentile(99)},
-                            {"router_p50_ms", routed.Percentile(50)}, {"router_p99_ms", routed.Percentile(99)},
-                            {"added_p50_ms", add50}, {"added_p99_ms", add99},
-                            {"direct_rate", direct.Rate()}, {"router_rate", routed.Rate()},
-                            {"direct_errors", direct.errors}, {"router_errors", routed.errors}};
+    if (!direct.first_error.empty())
+      std::fprintf(stderr, "%s direct, first error: %s\n", name.c_str(),
+                   direct.first_error.c_str());
+    if (!routed.first_error.empty())
+      std::fprintf(stderr, "%s via router, first error: %s\n", name.c_str(),
+                   routed.first_error.c_str());
+    json["phases"][name] = {{"direct_p50_ms", direct.Percentile(50)},
+                            {"direct_p99_ms", direct.Percentile(99)},
+                            {"router_p50_ms", routed.Percentile(50)},
+                            {"router_p99_ms", routed.Percentile(99)},
+                            {"added_p50_ms", add50},
+                            {"added_p99_ms", add99},
+                            {"direct_rate", direct.Rate()},
+                            {"router_rate", routed.Rate()},
+                            {"direct_errors", direct.errors},
+                            {"router_errors", routed.errors}};
   };
 
   const bool aggregated = ("," + mode + ",").find(",aggregated,") != std::string::npos;
@@ -207,8 +229,11 @@ int main(int argc, char** argv) {
     const int both = worker("both");
     const int router = start("router-agg", {"router", "--served-model-name", "bench", "--workers",
                                             "127.0.0.1:" + std::to_string(both)});
-    const std::string gen = pdpool::Json{{"prompt_token_ids", prompt_ids}, {"max_tokens", max_tokens},
-                                         {"sampling", {{"temperature", 0}}}, {"ignore_eos", true}}.dump();
+    const std::string gen = pdpool::Json{
+        {"prompt_token_ids", prompt_ids},
+        {"max_tokens", max_tokens},
+        {"sampling", {{"temperature", 0}}},
+        {"ignore_eos", true}}.dump();
     LoadResult direct = RunLoad(both, rate, duration, threads, [&](httplib::Client& c) {
       return Check(c.Post(protocol::kGeneratePath, auth, gen, "application/json"), "finish_reason");
     });
@@ -220,31 +245,38 @@ int main(int argc, char** argv) {
   if (disaggregated) {
     const int prefill = worker("prefill");
     const int decode = worker("decode");
-    const int router = start("router-disagg", {"router", "--served-model-name", "bench", "--prefill",
-                                               "127.0.0.1:" + std::to_string(prefill), "--decode",
-                                               "127.0.0.1:" + std::to_string(decode)});
+    const int router = start("router-disagg", {"router", "--served-model-name", "bench",
+                                               "--prefill", "127.0.0.1:" + std::to_string(prefill),
+                                               "--decode", "127.0.0.1:" + std::to_string(decode)});
     LoadResult direct = RunLoad(decode, rate, duration, threads, [&](httplib::Client& dc) {
       thread_local httplib::Client pc("127.0.0.1", prefill);
       pc.set_keep_alive(true);
       pc.set_tcp_nodelay(true);
-      auto r = dc.Post(protocol::kReservePath, auth,
-                       pdpool::Json{{"prompt_tokens", prompt_ids.size()}, {"max_tokens", max_tokens}}.dump(),
-                       "application/json");
+      auto r = dc.Post(
+          protocol::kReservePath, auth,
+          pdpool::Json{{"prompt_tokens", prompt_ids.size()}, {"max_tokens", max_tokens}}.dump(),
+          "application/json");
       if (std::string e = Check(r); !e.empty()) return "reserve: " + e;
       const pdpool::Json res = pdpool::Json::parse(r->body);
       auto p = pc.Post(protocol::kPrefillPath, auth,
                        pdpool::Json{{"prompt_token_ids", prompt_ids},
                                     {"sampling", {{"temperature", 0}}},
-                                    {"destination", {{"transport", "tcp"}, {"kv_address", res["kv_address"]},
-                                                     {"reservation_id", res["reservation_id"]},
-                                                     {"blocks", res["blocks"]}}}}.dump(),
+                                    {"destination",
+                                     {{"transport", "tcp"},
+                                      {"kv_address", res["kv_address"]},
+                                      {"reservation_id", res["reservation_id"]},
+                                      {"blocks", res["blocks"]}}}}
+                           .dump(),
                        "application/json");
       if (std::string e = Check(p); !e.empty()) return "prefill: " + e;
       auto d = dc.Post(protocol::kDecodePath, auth,
                        pdpool::Json{{"reservation_id", res["reservation_id"]},
                                     {"first_token", pdpool::Json::parse(p->body)["first_token"]},
-                                    {"prompt_token_ids", prompt_ids}, {"max_tokens", max_tokens},
-                                    {"sampling", {{"temperature", 0}}}, {"ignore_eos", true}}.dump(),
+                                    {"prompt_token_ids", prompt_ids},
+                                    {"max_tokens", max_tokens},
+                                    {"sampling", {{"temperature", 0}}},
+                                    {"ignore_eos", true}}
+                           .dump(),
                        "application/json");
       return Check(d, "finish_reason");
     });
@@ -255,14 +287,20 @@ int main(int argc, char** argv) {
   }
   for (auto& c : children) c->Stop(std::chrono::seconds(10));
 
-  std::printf("router_overhead: sim workers (%s, H200 model), %d client threads, %.0f req/s offered for %.0f s per phase, %d tokens per request\n",
-              model.c_str(), threads, rate, duration, max_tokens);
-  std::printf("| %-46s | %12s | %-10s | %6s | %-10s |\n", "metric", "measured", "target", "ratio", "result");
+  std::printf(
+      "router_overhead: sim workers (%s, H200 model), %d client threads, %.0f req/s offered for "
+      "%.0f s per phase, %d tokens per request\n",
+      model.c_str(), threads, rate, duration, max_tokens);
+  std::printf("| %-46s | %12s | %-10s | %6s | %-10s |\n", "metric", "measured", "target", "ratio",
+              "result");
   std::printf("|%s|%s|%s|%s|%s|\n", std::string(48, '-').c_str(), std::string(14, '-').c_str(),
-              std::string(12, '-').c_str(), std::string(8, '-').c_str(), std::string(12, '-').c_str());
+              std::string(12, '-').c_str(), std::string(8, '-').c_str(),
+              std::string(12, '-').c_str());
   for (const Row& r : rows) {
-    std::printf("| %-46s | %12.3f | %-10s | %6s | %-10s |\n", r.metric.c_str(), r.measured, r.target.c_str(),
-                r.ratio > 0 ? (std::to_string(r.ratio).substr(0, 5)).c_str() : "-", r.result.c_str());
+    std::printf("| %-46s | %12.3f | %-10s | %6s | %-10s |\n", r.metric.c_str(), r.measured,
+                r.target.c_str(),
+                r.ratio > 0 ? (std::to_string(r.ratio).substr(0, 5)).c_str() : "-",
+                r.result.c_str());
   }
   if (!json_path.empty()) std::ofstream(json_path) << json.dump(2) << "\n";
   std::filesystem::remove_all(dir);

@@ -19,7 +19,9 @@ std::string SerializeMetrics(const prometheus::Registry& registry) {
 }
 
 AdminServer::AdminServer(Options options, std::shared_ptr<prometheus::Registry> registry)
-    : impl_(std::make_unique<Impl>()), options_(std::move(options)), registry_(std::move(registry)) {}
+    : impl_(std::make_unique<Impl>()),
+      options_(std::move(options)),
+      registry_(std::move(registry)) {}
 
 AdminServer::~AdminServer() { Stop(); }
 

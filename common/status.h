@@ -14,11 +14,11 @@ enum class StatusCode {
   kOk = 0,
   kNotFound,
   kAlreadyExists,
-  kConflict,          // optimistic-concurrency failure (HTTP 409 on update)
-  kGone,              // resourceVersion too old (HTTP 410)
-  kInvalidArgument,   // bad input: a field, a flag, a file
-  kUnauthorized,      // 401/403
-  kUnavailable,       // network, server down, 5xx, 429: retry later
+  kConflict,         // optimistic-concurrency failure (HTTP 409 on update)
+  kGone,             // resourceVersion too old (HTTP 410)
+  kInvalidArgument,  // bad input: a field, a flag, a file
+  kUnauthorized,     // 401/403
+  kUnavailable,      // network, server down, 5xx, 429: retry later
   kDeadlineExceeded,
   kCancelled,
   kInternal,
@@ -36,10 +36,14 @@ class [[nodiscard]] Status {
   static Status AlreadyExists(std::string m) { return {StatusCode::kAlreadyExists, std::move(m)}; }
   static Status Conflict(std::string m) { return {StatusCode::kConflict, std::move(m)}; }
   static Status Gone(std::string m) { return {StatusCode::kGone, std::move(m)}; }
-  static Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+  static Status InvalidArgument(std::string m) {
+    return {StatusCode::kInvalidArgument, std::move(m)};
+  }
   static Status Unauthorized(std::string m) { return {StatusCode::kUnauthorized, std::move(m)}; }
   static Status Unavailable(std::string m) { return {StatusCode::kUnavailable, std::move(m)}; }
-  static Status DeadlineExceeded(std::string m) { return {StatusCode::kDeadlineExceeded, std::move(m)}; }
+  static Status DeadlineExceeded(std::string m) {
+    return {StatusCode::kDeadlineExceeded, std::move(m)};
+  }
   static Status Cancelled(std::string m) { return {StatusCode::kCancelled, std::move(m)}; }
   static Status Internal(std::string m) { return {StatusCode::kInternal, std::move(m)}; }
 
@@ -63,7 +67,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  StatusOr(T value) : value_(std::move(value)) {}          // NOLINT: implicit by design
   StatusOr(Status status) : status_(std::move(status)) {}  // NOLINT: implicit by design
 
   bool ok() const { return value_.has_value(); }

@@ -13,14 +13,15 @@ ControllerMetrics::ControllerMetrics() : registry_(std::make_shared<prometheus::
                           .Name("pdpool_controller_reconcile_total")
                           .Help("InferencePool reconciles by result.")
                           .Register(*registry_);
-  for (const char* r : {"success", "error", "requeue", "invalid"}) reconcile_total_->Add({{"result", r}});
-  reconcile_seconds_ = &prometheus::BuildHistogram()
-                            .Name("pdpool_controller_reconcile_seconds")
-                            .Help("Time to reconcile one InferencePool.")
-                            .Register(*registry_)
-                            .Add({}, prometheus::Histogram::BucketBoundaries{
-                                         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                         0.5, 1, 2.5, 5});
+  for (const char* r : {"success", "error", "requeue", "invalid"})
+    reconcile_total_->Add({{"result", r}});
+  reconcile_seconds_ =
+      &prometheus::BuildHistogram()
+           .Name("pdpool_controller_reconcile_seconds")
+           .Help("Time to reconcile one InferencePool.")
+           .Register(*registry_)
+           .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                            0.1, 0.25, 0.5, 1, 2.5, 5});
   queue_depth_ = &prometheus::BuildGauge()
                       .Name("pdpool_controller_workqueue_depth")
                       .Help("Pools waiting in the work queue.")

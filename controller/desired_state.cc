@@ -15,7 +15,6 @@ namespace {
 
 using namespace wellknown;
 
-
 int64_t IntAt(const Json& obj, std::initializer_list<std::string_view> keys, int64_t fallback) {
   const Json* v = JsonPath(obj, keys);
   if (v == nullptr || !v->is_number_integer()) return fallback;
@@ -222,8 +221,8 @@ StatusOr<Json> WorkerPodTemplate(const PoolIdentity& id, const PoolSpec& spec, W
     container["resources"] = {{"requests", gpus}, {"limits", gpus}};
   }
   Json pod_spec = {{"containers", Json::array({container})},
-                  {"volumes", Json::array({TokenVolume(id)})},
-                  {"terminationGracePeriodSeconds", 60}};
+                   {"volumes", Json::array({TokenVolume(id)})},
+                   {"terminationGracePeriodSeconds", 60}};
   const std::string key = spec.topology.key.empty() ? kDefaultTopologyKey : spec.topology.key;
   if (Json affinity = WorkerAffinity(key, domain, policy); !affinity.is_null()) {
     pod_spec["affinity"] = std::move(affinity);
@@ -444,8 +443,9 @@ void MergeOwnerRefs(Json* object, const Json& desired) {
       have != nullptr && have->is_array()) {
     for (const Json& h : *have) {
       const std::string uid = JsonStringAt(h, {"uid"});
-      const bool replaced = std::any_of(want->begin(), want->end(),
-                                        [&](const Json& w) { return JsonStringAt(w, {"uid"}) == uid; });
+      const bool replaced = std::any_of(want->begin(), want->end(), [&](const Json& w) {
+        return JsonStringAt(w, {"uid"}) == uid;
+      });
       if (!replaced) refs.push_back(h);
     }
   }

@@ -196,5 +196,4 @@ std::optional<ObjectUpdate> DeploymentUpdate(const Json& existing, const Json& d
 // Service: also spec.type, spec.selector and spec.ports; clusterIP(s) stay as assigned.
 std::optional<ObjectUpdate> ServiceUpdate(const Json& existing, const Json& desired);
 
-
 }  // namespace pdpool::controller

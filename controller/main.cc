@@ -20,23 +20,33 @@ int main(int argc, char** argv) {
   pdpool::controller::ManagerOptions options;
   if (const char* ns = std::getenv("POD_NAMESPACE"); ns && *ns)
     options.leader_election_namespace = ns;
-  app.add_option("--kubeconfig", kubeconfig, "Path to a kubeconfig (default: $KUBECONFIG, in-cluster, ~/.kube/config)");
-  app.add_option("--namespace", options.watch_namespace, "Only watch InferencePools in this namespace (default: all)");
-  app.add_option("--leader-elect", options.leader_elect, "Elect a leader on a Lease before reconciling")
+  app.add_option("--kubeconfig", kubeconfig,
+                 "Path to a kubeconfig (default: $KUBECONFIG, in-cluster, ~/.kube/config)");
+  app.add_option("--namespace", options.watch_namespace,
+                 "Only watch InferencePools in this namespace (default: all)");
+  app.add_option("--leader-elect", options.leader_elect,
+                 "Elect a leader on a Lease before reconciling")
       ->default_val(true);
   app.add_option("--leader-election-namespace", options.leader_election_namespace,
                  "Namespace of the leader Lease (default: $POD_NAMESPACE or default)")
       ->capture_default_str();
   app.add_option("--leader-election-id", options.leader_election_id, "Name of the leader Lease")
       ->capture_default_str();
-  app.add_option("--identity", options.identity, "Leader election identity (default: hostname_pid)");
-  app.add_option("--metrics-bind-address", options.admin_host, "Address of /healthz, /readyz, /metrics")
+  app.add_option("--identity", options.identity,
+                 "Leader election identity (default: hostname_pid)");
+  app.add_option("--metrics-bind-address", options.admin_host,
+                 "Address of /healthz, /readyz, /metrics")
       ->capture_default_str();
-  app.add_option("--metrics-port", options.admin_port, "Port of /healthz, /readyz, /metrics (0: any free port)")
+  app.add_option("--metrics-port", options.admin_port,
+                 "Port of /healthz, /readyz, /metrics (0: any free port)")
       ->capture_default_str();
-  app.add_option("--workers", options.workers, "Concurrent reconciles")->capture_default_str()->check(CLI::Range(1, 64));
-  app.add_option("--kube-api-qps", qps, "Client-side limit on API requests per second")->capture_default_str();
-  app.add_option("--kube-api-burst", burst, "Client-side burst of API requests")->capture_default_str();
+  app.add_option("--workers", options.workers, "Concurrent reconciles")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--kube-api-qps", qps, "Client-side limit on API requests per second")
+      ->capture_default_str();
+  app.add_option("--kube-api-burst", burst, "Client-side burst of API requests")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "debug|info|warn|error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -46,7 +56,8 @@ int main(int argc, char** argv) {
   }
   auto config = pdpool::kube::LoadKubeConfig(kubeconfig);
   if (!config.ok()) {
-    pdpool::LogError("cannot load Kubernetes configuration", {{"error", config.status().ToString()}});
+    pdpool::LogError("cannot load Kubernetes configuration",
+                     {{"error", config.status().ToString()}});
     return 1;
   }
   pdpool::kube::HttpKubeClientOptions client_options;
@@ -58,9 +69,10 @@ int main(int argc, char** argv) {
     pdpool::LogError("cannot create Kubernetes client", {{"error", client.status().ToString()}});
     return 1;
   }
-  pdpool::LogInfo("starting pdpool-controller", {{"server", config->server},
-                                                 {"namespace", options.watch_namespace.empty() ? "*" : options.watch_namespace},
-                                                 {"leader_elect", options.leader_elect ? "true" : "false"}});
+  pdpool::LogInfo("starting pdpool-controller",
+                  {{"server", config->server},
+                   {"namespace", options.watch_namespace.empty() ? "*" : options.watch_namespace},
+                   {"leader_elect", options.leader_elect ? "true" : "false"}});
   pdpool::controller::Manager manager(client->get(), options);
   pdpool::OnTerminationSignal([&manager] { manager.Stop(); });
   pdpool::Status s = manager.Run();

@@ -113,7 +113,8 @@ struct Manager::Impl {
     children.label_selector = kPoolLabel;
     // The router Deployment's own ReplicaSets inherit the pool label; only workers' matter.
     kube::InformerOptions worker_sets = scoped;
-    worker_sets.label_selector = std::string(kPoolLabel) + "," + kRoleLabel + " in (prefill,decode)";
+    worker_sets.label_selector =
+        std::string(kPoolLabel) + "," + kRoleLabel + " in (prefill,decode)";
 
     pools = NewInformer(kube::kInferencePools, scoped);
     auto* rs = NewInformer(kube::kReplicaSets, worker_sets);
@@ -141,19 +142,20 @@ struct Manager::Impl {
           queue.Add(kube::ObjectKey(*new_obj));
         },
         [this](const kube::ObjectPtr& o) { queue.Forget(kube::ObjectKey(*o)); }});
-    auto owner_handler = kube::InformerHandler{
-        [this](const kube::ObjectPtr& o) {
-          if (auto k = OwnerPoolKey(*o); !k.empty()) queue.Add(k);
-        },
-        [this](const kube::ObjectPtr& old_obj, const kube::ObjectPtr& o) {
-          // kube-controller-manager rewrites children's status often (observedGeneration,
-          // conditions); only what the pool's reconcile reads is worth a pass.
-          if (ChildView(*old_obj) == ChildView(*o)) return;
-          if (auto k = OwnerPoolKey(*o); !k.empty()) queue.Add(k);
-        },
-        [this](const kube::ObjectPtr& o) {
-          if (auto k = OwnerPoolKey(*o); !k.empty()) queue.Add(k);
-        }};
+    auto owner_handler =
+        kube::InformerHandler{[this](const kube::ObjectPtr& o) {
+                                if (auto k = OwnerPoolKey(*o); !k.empty()) queue.Add(k);
+                              },
+                              [this](const kube::ObjectPtr& old_obj, const kube::ObjectPtr& o) {
+                                // kube-controller-manager rewrites children's status often
+                                // (observedGeneration, conditions); only what the pool's reconcile
+                                // reads is worth a pass.
+                                if (ChildView(*old_obj) == ChildView(*o)) return;
+                                if (auto k = OwnerPoolKey(*o); !k.empty()) queue.Add(k);
+                              },
+                              [this](const kube::ObjectPtr& o) {
+                                if (auto k = OwnerPoolKey(*o); !k.empty()) queue.Add(k);
+                              }};
     // A deleted token Secret is recreated at once: without it new pods cannot start. (Running
     // pods read the token at start and keep the old one: repair, not rotation.)
     for (auto* inf : {rs, deps, svcs, secrets}) inf->AddHandler(owner_handler);
@@ -213,8 +215,9 @@ struct Manager::Impl {
       double secs = std::chrono::duration<double>(clock->Now() - start).count();
       if (!r.status.ok()) {
         metrics.ObserveReconcile("error", secs);
-        LogWarn("reconcile failed", {{"pool", key}, {"error", r.status.ToString()},
-                                     {"retries", queue.NumRequeues(key)}});
+        LogWarn(
+            "reconcile failed",
+            {{"pool", key}, {"error", r.status.ToString()}, {"retries", queue.NumRequeues(key)}});
         queue.AddRateLimited(key);
       } else if (r.requeue_after.count() > 0) {
         metrics.ObserveReconcile(r.invalid_spec ? "invalid" : "requeue", secs);

@@ -13,7 +13,6 @@ namespace {
 
 using namespace wellknown;
 
-
 bool BoolAt(const Json& obj, std::initializer_list<std::string_view> keys) {
   const Json* v = JsonPath(obj, keys);
   return v != nullptr && v->is_boolean() && v->get<bool>();

@@ -63,9 +63,9 @@ struct RoleOutcome {
 // never rewritten: a new token would break every in-flight KV transfer and router call until all
 // pods reloaded it. `conflict` gets a message (naming the Secret, never showing its contents)
 // when the Secret of that name cannot be used: someone else's, or ours without a token.
-Status EnsurePoolToken(kube::KubeClient* client, kube::Informer* cache,
-                       kube::EventRecorder* events, const Json& pool, const PoolIdentity& id,
-                       const std::string& key, std::string* conflict) {
+Status EnsurePoolToken(kube::KubeClient* client, kube::Informer* cache, kube::EventRecorder* events,
+                       const Json& pool, const PoolIdentity& id, const std::string& key,
+                       std::string* conflict) {
   const std::string name = PoolTokenSecretName(id.name);
   auto check = [&](const Json& secret) {
     if (ControllerUid(secret) != id.uid) {
@@ -201,8 +201,8 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
   // 2. The pool's shared token, before any pod that mounts it. A Secret in the way is the
   // user's to remove: say so and touch nothing else.
   std::string token_conflict;
-  if (Status s = EnsurePoolToken(client_, caches_.secrets, events_, pool, *identity, key,
-                                 &token_conflict);
+  if (Status s =
+          EnsurePoolToken(client_, caches_.secrets, events_, pool, *identity, key, &token_conflict);
       !s.ok()) {
     return fail(s);
   }
@@ -259,8 +259,8 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     const std::string role_name(WorkerRoleName(role));
     auto desired_rs = BuildWorkerReplicaSet(pool, spec, role, domain, policy, desired);
     if (!desired_rs.ok()) return {desired_rs.status()};
-    std::string hash = JsonGet<std::string>(
-        *desired_rs, "/metadata/labels/pdpool.dev~1template-hash", "");
+    std::string hash =
+        JsonGet<std::string>(*desired_rs, "/metadata/labels/pdpool.dev~1template-hash", "");
     RoleReplicaSets sets = SplitReplicaSets(owned, identity->uid, role, hash);
     for (const Json* rs : [&] {
            std::vector<const Json*> all;
@@ -295,12 +295,12 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
         events_->Record(pool, "Normal", "CreatedReplicaSet",
                         "Created " + role_name + " ReplicaSet " + rs_name + " with " +
                             std::to_string(plan.new_replicas) + " replicas");
-        LogInfo("created replicaset", {{"pool", key}, {"replicaset", rs_name},
-                                       {"replicas", plan.new_replicas}});
+        LogInfo("created replicaset",
+                {{"pool", key}, {"replicaset", rs_name}, {"replicas", plan.new_replicas}});
       }
     } else if (auto update = ReplicaSetUpdate(*sets.current, *desired_rs)) {
-      LogDebug("updating replicaset", {{"pool", key}, {"replicaset", rs_name},
-                                       {"fields", Join(update->changed_fields)}});
+      LogDebug("updating replicaset",
+               {{"pool", key}, {"replicaset", rs_name}, {"fields", Join(update->changed_fields)}});
       int32_t before = JsonGet<int32_t>(*sets.current, "/spec/replicas", 0);
       auto updated = client_->Update(kube::kReplicaSets, update->object);
       if (!updated.ok()) return fail(updated.status());
@@ -308,8 +308,9 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
         events_->Record(pool, "Normal", "ScaledReplicaSet",
                         "Scaled " + role_name + " ReplicaSet " + rs_name + " from " +
                             std::to_string(before) + " to " + std::to_string(plan.new_replicas));
-        LogInfo("scaled replicaset", {{"pool", key}, {"replicaset", rs_name},
-                                      {"from", before}, {"to", plan.new_replicas}});
+        LogInfo(
+            "scaled replicaset",
+            {{"pool", key}, {"replicaset", rs_name}, {"from", before}, {"to", plan.new_replicas}});
       }
     }
     for (const auto& scale : plan.old) {
@@ -351,7 +352,8 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     if (existing && ControllerUid(*existing) != identity->uid) {
       std::string message = "Deployment " + dep_name + " exists and is not owned by this pool";
       events_->Record(pool, "Warning", "NameConflict", message);
-      SetCondition(&conditions, "Degraded", kConditionTrue, "NameConflict", message, generation, now);
+      SetCondition(&conditions, "Degraded", kConditionTrue, "NameConflict", message, generation,
+                   now);
       result.status = write_status();
       result.requeue_after = kCapacityRecheck;
       return result;
@@ -360,13 +362,15 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
       auto created = client_->Create(kube::kDeployments, ns, *desired_dep);
       if (!created.ok() && !created.status().IsAlreadyExists()) return fail(created.status());
       if (created.ok())
-        events_->Record(pool, "Normal", "CreatedDeployment", "Created router Deployment " + dep_name);
+        events_->Record(pool, "Normal", "CreatedDeployment",
+                        "Created router Deployment " + dep_name);
     } else {
       router_ready = StatusInt(*existing, "/status/readyReplicas");
       router_replicas = StatusInt(*existing, "/status/replicas");
       if (auto update = DeploymentUpdate(*existing, *desired_dep)) {
-        LogInfo("updating deployment", {{"pool", key}, {"deployment", dep_name},
-                                        {"fields", Join(update->changed_fields)}});
+        LogInfo(
+            "updating deployment",
+            {{"pool", key}, {"deployment", dep_name}, {"fields", Join(update->changed_fields)}});
         auto updated = client_->Update(kube::kDeployments, update->object);
         if (!updated.ok()) return fail(updated.status());
       }
@@ -382,8 +386,8 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
         events_->Record(pool, "Normal", "CreatedService", "Created router Service " + svc_name);
     } else if (ControllerUid(*svc) == identity->uid) {
       if (auto update = ServiceUpdate(*svc, *desired_svc)) {
-        LogInfo("updating service", {{"pool", key}, {"service", svc_name},
-                                     {"fields", Join(update->changed_fields)}});
+        LogInfo("updating service",
+                {{"pool", key}, {"service", svc_name}, {"fields", Join(update->changed_fields)}});
         auto updated = client_->Update(kube::kServices, update->object);
         if (!updated.ok()) return fail(updated.status());
       }
@@ -393,19 +397,23 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
   // 6. Status.
   const RoleOutcome& p = outcomes[WorkerRole::kPrefill];
   const RoleOutcome& d = outcomes[WorkerRole::kDecode];
-  status["prefill"] = {{"replicas", p.replicas}, {"readyReplicas", p.ready}, {"desiredReplicas", p.desired}};
-  status["decode"] = {{"replicas", d.replicas}, {"readyReplicas", d.ready}, {"desiredReplicas", d.desired}};
+  status["prefill"] = {
+      {"replicas", p.replicas}, {"readyReplicas", p.ready}, {"desiredReplicas", p.desired}};
+  status["decode"] = {
+      {"replicas", d.replicas}, {"readyReplicas", d.ready}, {"desiredReplicas", d.desired}};
   status["router"] = {{"replicas", router_replicas}, {"readyReplicas", router_ready}};
 
   const bool capacity_ok = placement.fits || policy == TopologyPolicy::kNone;
-  const bool all_ready = p.ready >= p.desired && d.ready >= d.desired &&
-                         router_ready >= spec.router_replicas;
+  const bool all_ready =
+      p.ready >= p.desired && d.ready >= d.desired && router_ready >= spec.router_replicas;
   const bool rolled_out = p.rolled_out && d.rolled_out;
   if (!capacity_ok) {
     std::string message = placement.message;
-    SetCondition(&conditions, "Degraded", kConditionTrue, "InsufficientCapacity", message, generation, now);
+    SetCondition(&conditions, "Degraded", kConditionTrue, "InsufficientCapacity", message,
+                 generation, now);
     if (!all_ready)
-      SetCondition(&conditions, "Ready", kConditionFalse, "InsufficientCapacity", message, generation, now);
+      SetCondition(&conditions, "Ready", kConditionFalse, "InsufficientCapacity", message,
+                   generation, now);
     events_->Record(pool, "Warning", "InsufficientCapacity", message);
   } else {
     // A stable message: free-GPU counts change with other pools and would rewrite status.
@@ -419,15 +427,18 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     std::ostringstream msg;
     msg << "prefill " << p.ready << "/" << p.desired << ", decode " << d.ready << "/" << d.desired
         << ", router " << router_ready << "/" << spec.router_replicas << " ready";
-    SetCondition(&conditions, "Ready", kConditionTrue, "AllReplicasReady", msg.str(), generation, now);
-    SetCondition(&conditions, "Progressing", kConditionFalse, "Complete", "all replicas ready", generation, now);
+    SetCondition(&conditions, "Ready", kConditionTrue, "AllReplicasReady", msg.str(), generation,
+                 now);
+    SetCondition(&conditions, "Progressing", kConditionFalse, "Complete", "all replicas ready",
+                 generation, now);
   } else {
     std::ostringstream msg;
-    msg << "prefill " << p.ready << "/" << p.desired << ", decode " << d.ready << "/"
-        << d.desired << ", router " << router_ready << "/" << spec.router_replicas << " ready";
+    msg << "prefill " << p.ready << "/" << p.desired << ", decode " << d.ready << "/" << d.desired
+        << ", router " << router_ready << "/" << spec.router_replicas << " ready";
     if (!rolled_out) msg << "; rolling out a new pod template";
     if (capacity_ok)
-      SetCondition(&conditions, "Ready", kConditionFalse, "ReplicasNotReady", msg.str(), generation, now);
+      SetCondition(&conditions, "Ready", kConditionFalse, "ReplicasNotReady", msg.str(), generation,
+                   now);
     SetCondition(&conditions, "Progressing", kConditionTrue,
                  rolled_out ? "ScalingReplicas" : "RollingOut", msg.str(), generation, now);
   }

@@ -44,8 +44,8 @@ struct StepBatch {
 };
 
 struct StepResult {
-  std::vector<int32_t> next_tokens;         // per sequence; -1 where sample == false
-  std::vector<std::vector<float>> logits;   // per sequence when want_logits (vocab_size each)
+  std::vector<int32_t> next_tokens;        // per sequence; -1 where sample == false
+  std::vector<std::vector<float>> logits;  // per sequence when want_logits (vocab_size each)
   // Time the step takes on the modeled hardware (sim); zero for backends that compute for real.
   // The engine loop sleeps for it on a real clock, or advances a virtual one.
   Duration modeled_time{0};

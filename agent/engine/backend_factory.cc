@@ -22,7 +22,8 @@ StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options) {
     int blocks = options.num_kv_blocks;
     if (blocks <= 0) {
       const int64_t block_bytes = config->KvBytesPerToken(4) * options.block_size;
-      blocks = static_cast<int>(std::clamp<int64_t>(options.kv_cache_bytes / block_bytes, 1, 1 << 20));
+      blocks =
+          static_cast<int>(std::clamp<int64_t>(options.kv_cache_bytes / block_bytes, 1, 1 << 20));
     }
     return NewCpuBackend(std::move(*config), std::move(*weights), options.block_size, blocks);
   }

@@ -12,8 +12,8 @@
 namespace pdpool::agent {
 
 struct BackendOptions {
-  std::string backend = "cpu";  // cpu | sim | cuda
-  std::string model;            // preset name, or ""/"auto": config.json beside the weights
+  std::string backend = "cpu";      // cpu | sim | cuda
+  std::string model;                // preset name, or ""/"auto": config.json beside the weights
   std::string weights = "dummy:0";  // "dummy:<seed>" or a safetensors path (cpu)
   int block_size = 16;
   int num_kv_blocks = 0;  // 0: cpu from kv_cache_bytes; sim from the modeled GPU memory

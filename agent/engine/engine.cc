@@ -202,8 +202,8 @@ void Engine::Loop() {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     report.ok = result.ok();
     if (!result.ok()) {
-      LogError("engine step failed", {{"error", result.status().ToString()},
-                                      {"sequences", report.sequences}});
+      LogError("engine step failed",
+               {{"error", result.status().ToString()}, {"sequences", report.sequences}});
     }
     lock.lock();
     Deliver(scheduler_.Commit(*step, result));

@@ -9,11 +9,16 @@ namespace pdpool::agent {
 
 const char* FinishReasonName(FinishReason r) {
   switch (r) {
-    case FinishReason::kNone: return "";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kAborted: return "abort";
-    case FinishReason::kError: return "error";
+    case FinishReason::kNone:
+      return "";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kAborted:
+      return "abort";
+    case FinishReason::kError:
+      return "error";
   }
   return "";
 }
@@ -52,8 +57,8 @@ Status Scheduler::Add(SequenceRequest request) {
     Reservation& r = it->second;
     seq->num_prompt = r.num_tokens;
     seq->can_recompute = static_cast<int32_t>(request.prompt.size()) == r.num_tokens;
-    seq->tokens = seq->can_recompute ? std::move(request.prompt)
-                                     : std::vector<int32_t>(r.num_tokens, 0);
+    seq->tokens =
+        seq->can_recompute ? std::move(request.prompt) : std::vector<int32_t>(r.num_tokens, 0);
     seq->tokens.push_back(request.first_token);
     seq->num_computed = r.num_tokens;
     seq->generated = 1;
@@ -80,9 +85,9 @@ Status Scheduler::Add(SequenceRequest request) {
                                    std::to_string(config_.max_model_len));
   }
   if (BlocksForTokens(prompt_len + 1, config_.block_size) > allocator_->total_blocks()) {
-    return Status::InvalidArgument(
-        "prompt of " + std::to_string(prompt_len) + " tokens needs more KV blocks than the " +
-        std::to_string(allocator_->total_blocks()) + " this worker has");
+    return Status::InvalidArgument("prompt of " + std::to_string(prompt_len) +
+                                   " tokens needs more KV blocks than the " +
+                                   std::to_string(allocator_->total_blocks()) + " this worker has");
   }
   if (waiting() >= config_.max_waiting) {
     return Status::Unavailable("waiting queue is full (" + std::to_string(config_.max_waiting) +
@@ -161,8 +166,8 @@ bool Scheduler::PreemptNewestOtherThan(const Sequence& keep) {
 }
 
 bool Scheduler::EnsureBlocks(Sequence& seq, int64_t tokens) {
-  const int32_t need = BlocksForTokens(tokens, config_.block_size) -
-                       static_cast<int32_t>(seq.blocks.size());
+  const int32_t need =
+      BlocksForTokens(tokens, config_.block_size) - static_cast<int32_t>(seq.blocks.size());
   if (need <= 0) return true;
   while (allocator_->free_blocks() < need) {
     if (!PreemptNewestOtherThan(seq)) return false;
@@ -326,8 +331,8 @@ StatusOr<Reservation> Scheduler::Reserve(int32_t num_tokens, Duration ttl) {
   }
   auto blocks = allocator_->Allocate(BlocksForTokens(num_tokens, config_.block_size));
   if (!blocks) {
-    return Status::Unavailable("no free KV blocks for " + std::to_string(num_tokens) +
-                               " tokens (" + std::to_string(allocator_->free_blocks()) + " of " +
+    return Status::Unavailable("no free KV blocks for " + std::to_string(num_tokens) + " tokens (" +
+                               std::to_string(allocator_->free_blocks()) + " of " +
                                std::to_string(allocator_->total_blocks()) + " blocks free)");
   }
   Reservation r;

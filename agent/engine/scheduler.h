@@ -143,14 +143,15 @@ class Scheduler {
   // when even that cannot free enough.
   bool EnsureBlocks(Sequence& seq, int64_t tokens);
   bool PreemptNewestOtherThan(const Sequence& keep);
-  void Finish(Sequence& seq, FinishReason reason, std::string error, std::vector<SequenceEvent>* out);
+  void Finish(Sequence& seq, FinishReason reason, std::string error,
+              std::vector<SequenceEvent>* out);
   void FreeSequence(Sequence& seq);
 
   SchedulerConfig config_;
   KvBlockAllocator* allocator_;
   const Clock* clock_;
   std::deque<SequencePtr> waiting_;
-  std::vector<SequencePtr> running_;  // admission order
+  std::vector<SequencePtr> running_;               // admission order
   std::unordered_map<uint64_t, Sequence*> by_id_;  // waiting and running
   std::unordered_map<uint64_t, std::vector<int32_t>> retained_;
   std::map<uint64_t, Reservation> reservations_;

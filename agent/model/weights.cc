@@ -142,25 +142,12 @@ StatusOr<ModelWeights> LoadWeights(const ModelConfig& config, std::string_view s
   return w;
 }
 
-StatusOr<ModelConfig> ResolveModelConfig(std::string_view model_flag,
-                                         std::string_view weights_spec) {
-  if (!model_flag.empty() && model_flag != "auto") return ModelConfigFromPreset(model_flag);
-  if (weights_spec == "dummy" || weights_spec.starts_with("dummy:") || weights_spec.empty()) {
-    std::string valid;
-    for (const std::string& n : ModelPresetNames()) valid += (valid.empty() ? "" : ", ") + n;
-    return Status::InvalidArgument(
-        "model \"auto\" reads config.json beside the weights; with weights \"" +
-        std::string(weights_spec) + "\" name a preset (one of: " + valid + ")");
-  }
-  std::error_code ec;
-  const fs::path p(weights_spec);
-  if (!fs::exists(p, ec)) {
-    return Status::NotFound("model \"auto\": weights path " + p.string() + " not found");
-  }
-  const fs::path dir = fs::is_directory(p, ec) ? p : p.parent_path();
-  const std::string path = (dir / "config.json").string();
+namespace {
+
+// A Hugging Face config.json: the explicit shape of a model.
+StatusOr<ModelConfig> ReadHfConfigFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::NotFound("model \"auto\": " + path + " not found");
+  if (!in) return Status::NotFound("model config " + path + " not found");
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const Json j = Json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Status::InvalidArgument(path + ": not valid JSON");
@@ -171,6 +158,29 @@ StatusOr<ModelConfig> ResolveModelConfig(std::string_view model_flag,
     return Status::InvalidArgument(path + ": " + m);
   }
   return c;
+}
+
+}  // namespace
+
+StatusOr<ModelConfig> ResolveModelConfig(std::string_view model_flag,
+                                         std::string_view weights_spec) {
+  if (model_flag.ends_with(".json")) return ReadHfConfigFile(std::string(model_flag));
+  if (!model_flag.empty() && model_flag != "auto") return ModelConfigFromPreset(model_flag);
+  if (weights_spec == "dummy" || weights_spec.starts_with("dummy:") || weights_spec.empty()) {
+    std::string valid;
+    for (const std::string& n : ModelPresetNames()) valid += (valid.empty() ? "" : ", ") + n;
+    return Status::InvalidArgument(
+        "model \"auto\" reads config.json beside the weights; with weights \"" +
+        std::string(weights_spec) + "\" name a preset (one of: " + valid +
+        ") or a config.json file with the shape");
+  }
+  std::error_code ec;
+  const fs::path p(weights_spec);
+  if (!fs::exists(p, ec)) {
+    return Status::NotFound("model \"auto\": weights path " + p.string() + " not found");
+  }
+  const fs::path dir = fs::is_directory(p, ec) ? p : p.parent_path();
+  return ReadHfConfigFile((dir / "config.json").string());
 }
 
 Status SaveWeights(const ModelConfig& config, const ModelWeights& weights, const std::string& dir,

@@ -46,8 +46,9 @@ ModelWeights DummyWeights(const ModelConfig& config, uint64_t seed);
 // checked against the config's shapes; errors name the file and the tensor.
 StatusOr<ModelWeights> LoadWeights(const ModelConfig& config, std::string_view spec);
 
-// model_flag: a preset name, or ""/"auto" to read config.json beside the weights (the
-// directory, or the directory of the file). Dummy weights need a preset.
+// model_flag: a preset name; a path ending in .json (a Hugging Face config.json: an explicit
+// shape); or ""/"auto" to read config.json beside the weights (the directory, or the
+// directory of the file). Dummy weights need a preset or a config file.
 StatusOr<ModelConfig> ResolveModelConfig(std::string_view model_flag,
                                          std::string_view weights_spec);
 

@@ -38,8 +38,9 @@ Status WaitFd(int fd, short events, std::chrono::milliseconds idle, SteadyTime d
   do {
     r = ::poll(&p, 1, static_cast<int>(wait.count()));
   } while (r < 0 && errno == EINTR);
-  if (r == 0) return Status::DeadlineExceeded("KV transfer timed out after " +
-                                              std::to_string(wait.count()) + " ms idle");
+  if (r == 0)
+    return Status::DeadlineExceeded("KV transfer timed out after " + std::to_string(wait.count()) +
+                                    " ms idle");
   if (r < 0) return Status::Unavailable(std::string("poll: ") + std::strerror(errno));
   return Status::Ok();
 }
@@ -86,7 +87,8 @@ void Put(std::string& out, T v) {
 template <typename T>
 T Get(const char* p) {
   T v = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<T>(static_cast<unsigned char>(p[i])) << (8 * i);
+  for (size_t i = 0; i < sizeof(T); ++i)
+    v |= static_cast<T>(static_cast<unsigned char>(p[i])) << (8 * i);
   return v;
 }
 
@@ -109,7 +111,8 @@ StatusOr<int> Connect(const std::string& address, std::chrono::milliseconds time
   }
   std::string host = address.substr(0, colon);
   const std::string port = address.substr(colon + 1);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -202,7 +205,10 @@ StatusOr<KvTransferStats> TcpKvSender::Send(const KvDestination& destination, in
   // reply even after a write error, it says why.
   char head[3];
   Status r = ReadAll(fd, head, 3, options_.io_timeout, deadline);
-  if (!r.ok()) return s.ok() ? Status::Unavailable("no reply from KV receiver " + destination.address + ": " + r.message()) : s;
+  if (!r.ok())
+    return s.ok() ? Status::Unavailable("no reply from KV receiver " + destination.address + ": " +
+                                        r.message())
+                  : s;
   std::string message(Get<uint16_t>(head + 1), '\0');
   if (!message.empty()) {
     Status m = ReadAll(fd, message.data(), message.size(), options_.io_timeout, deadline);
@@ -212,8 +218,7 @@ StatusOr<KvTransferStats> TcpKvSender::Send(const KvDestination& destination, in
     return Status::Unavailable("KV receiver " + destination.address + " refused: " + message);
   }
   if (!s.ok()) return s;
-  stats.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return stats;
 }
 
@@ -239,14 +244,15 @@ Status TcpKvReceiver::Start(const std::string& host, int port) {
     const std::string err = std::strerror(errno);
     ::freeaddrinfo(res);
     if (fd >= 0) ::close(fd);
-    return Status::Unavailable("KV receiver cannot listen on " + host + ":" + port_str + ": " + err);
+    return Status::Unavailable("KV receiver cannot listen on " + host + ":" + port_str + ": " +
+                               err);
   }
   ::freeaddrinfo(res);
   sockaddr_storage addr{};
   socklen_t len = sizeof(addr);
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
   port_ = ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
-                                            : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+                                           : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
   listen_fd_ = fd;
   accept_thread_ = std::thread([this] { AcceptLoop(); });
   return Status::Ok();
@@ -303,7 +309,8 @@ void TcpKvReceiver::Serve(int fd) {
   char head[8];
   if (!ReadAll(fd, head, 8, idle, deadline).ok()) return;  // not even a hello: nothing to undo
   if (std::memcmp(head, kMagic, 4) != 0 || Get<uint16_t>(head + 4) != kVersion) {
-    (void)SendReply(fd, Status::InvalidArgument("not a pdpool KV transfer (bad magic/version)"), idle);
+    (void)SendReply(fd, Status::InvalidArgument("not a pdpool KV transfer (bad magic/version)"),
+                    idle);
     return;
   }
   std::string token(Get<uint16_t>(head + 6), '\0');
@@ -321,7 +328,8 @@ void TcpKvReceiver::Serve(int fd) {
   const int32_t num_tokens = static_cast<int32_t>(Get<uint32_t>(rest + 8));
   const uint32_t num_blocks = Get<uint32_t>(rest + 12);
   if (num_blocks == 0 || num_blocks > kMaxBlocks) {
-    (void)SendReply(fd, Status::InvalidArgument("bad block count " + std::to_string(num_blocks)), idle);
+    (void)SendReply(fd, Status::InvalidArgument("bad block count " + std::to_string(num_blocks)),
+                    idle);
     return;
   }
   Status s = sink_->Begin(reservation, num_tokens, static_cast<int32_t>(num_blocks));

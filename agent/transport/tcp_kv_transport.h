@@ -20,9 +20,9 @@
 namespace pdpool::agent {
 
 struct TcpKvOptions {
-  std::string token;                                      // the pool's shared secret
-  std::chrono::milliseconds io_timeout{10'000};           // longest wait for any read or write
-  std::chrono::milliseconds transfer_timeout{120'000};    // whole transfer
+  std::string token;                                    // the pool's shared secret
+  std::chrono::milliseconds io_timeout{10'000};         // longest wait for any read or write
+  std::chrono::milliseconds transfer_timeout{120'000};  // whole transfer
   // Fault injection for tests of broken transfers: the sender sleeps this long before each block.
   std::chrono::milliseconds fault_delay_per_block{0};
 };

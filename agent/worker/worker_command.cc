@@ -27,7 +27,8 @@ StatusOr<std::string> ReadToken(const std::string& path) {
   ss << in.rdbuf();
   std::string token = ss.str();
   while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front()))) token.erase(0, 1);
+  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front())))
+    token.erase(0, 1);
   if (token.empty()) return Status::InvalidArgument("--auth-token-file " + path + " is empty");
   return token;
 }
@@ -61,17 +62,20 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
   c->add_option("--dummy-seed", dummy_seed_, "same as --weights dummy:<seed>");
   c->add_option("--served-model-name,--model-name", server_.served_model_name,
                 "model name reported to routers (default: the preset)");
-  c->add_option("--tensor-parallel", backend_.tensor_parallel, "GPUs of this replica (sim: modeled)")
+  c->add_option("--tensor-parallel", backend_.tensor_parallel,
+                "GPUs of this replica (sim: modeled)")
       ->capture_default_str();
-  c->add_option("--gpu", backend_.gpu, "sim: modeled GPU (H100, H200, B200, GB200 or a "
-                                       "nvidia.com/gpu.product value)")
+  c->add_option("--gpu", backend_.gpu,
+                "sim: modeled GPU (H100, H200, B200, GB200 or a "
+                "nvidia.com/gpu.product value)")
       ->capture_default_str();
   c->add_option("--calibration-file", backend_.calibration_file,
                 "sim: efficiency factors (default: built in)");
   c->add_option("--gpu-memory-utilization", backend_.gpu_memory_utilization,
                 "sim: fraction of GPU memory for weights + KV")
       ->capture_default_str();
-  c->add_option("--block-size", backend_.block_size, "KV block size in tokens")->capture_default_str();
+  c->add_option("--block-size", backend_.block_size, "KV block size in tokens")
+      ->capture_default_str();
   c->add_option("--num-kv-blocks", backend_.num_kv_blocks,
                 "KV blocks (0: from --kv-cache-bytes on cpu, from GPU memory on sim)")
       ->capture_default_str();
@@ -89,14 +93,16 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--host", server_.host, "listen address")->capture_default_str();
   c->add_option("--port", server_.port, "HTTP port (0: any)")->capture_default_str();
-  c->add_option("--kv-port", server_.kv_port, "tcp KV receiver port (0: any)")->capture_default_str();
+  c->add_option("--kv-port", server_.kv_port, "tcp KV receiver port (0: any)")
+      ->capture_default_str();
   c->add_option("--advertise-host", server_.advertise_host,
                 "address peers use to reach this worker (default: $POD_IP, else 127.0.0.1)");
   c->add_option("--kv-transport", kv_transport_, "auto or tcp (cuda-ipc, nccl: CUDA engine)")
       ->check(CLI::IsMember({"auto", "tcp", "cuda-ipc", "nccl"}))
       ->capture_default_str();
   c->add_option("--auth-token-file", auth_token_file_, "the pool's shared token (required)");
-  c->add_option("--http-threads", server_.http_threads, "HTTP server threads")->capture_default_str();
+  c->add_option("--http-threads", server_.http_threads, "HTTP server threads")
+      ->capture_default_str();
   c->add_option("--drain-timeout", drain_timeout_s_,
                 "seconds to finish in-flight work after SIGTERM")
       ->capture_default_str();
@@ -135,7 +141,8 @@ int WorkerCommand::Run() {
     LogError("cannot start worker", {{"error", s.ToString()}});
     return 1;
   }
-  LogInfo("worker listening", {{"role", role_}, {"port", server.port()}, {"kv_port", server.kv_port()}});
+  LogInfo("worker listening",
+          {{"role", role_}, {"port", server.port()}, {"kv_port", server.kv_port()}});
 
   std::mutex mu;
   std::condition_variable cv;
@@ -148,7 +155,8 @@ int WorkerCommand::Run() {
 
   auto backend = NewBackend(backend_);
   if (!backend.ok()) {
-    LogError("cannot load the model", {{"backend", backend_.backend}, {"model", backend_.model},
+    LogError("cannot load the model", {{"backend", backend_.backend},
+                                       {"model", backend_.model},
                                        {"weights", backend_.weights},
                                        {"error", backend.status().ToString()}});
     server.Stop();
@@ -163,7 +171,9 @@ int WorkerCommand::Run() {
   const int32_t kv_blocks = (*backend)->kv_layout().num_blocks;
   const std::string backend_name((*backend)->name());
   server.SetEngine(std::make_unique<Engine>(std::move(*backend), config, &RealClock::Instance()));
-  LogInfo("worker ready", {{"role", role_}, {"backend", backend_name}, {"kv_blocks", kv_blocks},
+  LogInfo("worker ready", {{"role", role_},
+                           {"backend", backend_name},
+                           {"kv_blocks", kv_blocks},
                            {"max_model_len", config.max_model_len}});
 
   {

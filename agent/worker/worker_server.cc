@@ -20,9 +20,12 @@ namespace pdpool::agent {
 
 const char* WorkerRoleName(WorkerRole role) {
   switch (role) {
-    case WorkerRole::kPrefill: return "prefill";
-    case WorkerRole::kDecode: return "decode";
-    case WorkerRole::kBoth: return "both";
+    case WorkerRole::kPrefill:
+      return "prefill";
+    case WorkerRole::kDecode:
+      return "decode";
+    case WorkerRole::kBoth:
+      return "both";
   }
   return "both";
 }
@@ -31,7 +34,8 @@ StatusOr<WorkerRole> ParseWorkerRole(std::string_view name) {
   if (name == "prefill") return WorkerRole::kPrefill;
   if (name == "decode") return WorkerRole::kDecode;
   if (name == "both") return WorkerRole::kBoth;
-  return Status::InvalidArgument("role \"" + std::string(name) + "\": must be prefill, decode or both");
+  return Status::InvalidArgument("role \"" + std::string(name) +
+                                 "\": must be prefill, decode or both");
 }
 
 namespace {
@@ -51,13 +55,20 @@ void ReplyError(httplib::Response& res, int code, const std::string& message) {
 
 int HttpCode(const Status& s) {
   switch (s.code()) {
-    case StatusCode::kInvalidArgument: return 400;
-    case StatusCode::kUnauthorized: return 401;
-    case StatusCode::kNotFound: return 404;
-    case StatusCode::kConflict: return 409;
-    case StatusCode::kUnavailable: return 503;
-    case StatusCode::kDeadlineExceeded: return 504;
-    default: return 500;
+    case StatusCode::kInvalidArgument:
+      return 400;
+    case StatusCode::kUnauthorized:
+      return 401;
+    case StatusCode::kNotFound:
+      return 404;
+    case StatusCode::kConflict:
+      return 409;
+    case StatusCode::kUnavailable:
+      return 503;
+    case StatusCode::kDeadlineExceeded:
+      return 504;
+    default:
+      return 500;
   }
 }
 
@@ -170,7 +181,8 @@ struct WorkerServer::Impl : public KvSink {
                                 const char* what, Json* body, bool admit_new_work = true) {
     if (!Authorized(req, res)) return nullptr;
     if (!allowed) {
-      ReplyError(res, 400, std::string("a ") + WorkerRoleName(options.role) + " worker does not " + what);
+      ReplyError(res, 400,
+                 std::string("a ") + WorkerRoleName(options.role) + " worker does not " + what);
       return nullptr;
     }
     std::shared_ptr<Engine> e;
@@ -231,9 +243,8 @@ struct WorkerServer::Impl : public KvSink {
     }
     if (s.ok()) {
       const int64_t bytes = t.bytes > 0 ? t.bytes : e->backend().ModeledKvBytes(t.tokens);
-      metrics.ObserveKvTransfer("receive", bytes,
-                                std::chrono::duration<double>(Clock::now() - t.started).count(),
-                                true);
+      metrics.ObserveKvTransfer(
+          "receive", bytes, std::chrono::duration<double>(Clock::now() - t.started).count(), true);
     }
     return s;
   }
@@ -255,7 +266,8 @@ struct WorkerServer::Impl : public KvSink {
                  {"model", options.served_model_name},
                  {"ready", e != nullptr},
                  {"draining", IsDraining()}};
-    if (receiver) info["kv_address"] = options.advertise_host + ":" + std::to_string(receiver->port());
+    if (receiver)
+      info["kv_address"] = options.advertise_host + ":" + std::to_string(receiver->port());
     {
       std::lock_guard lock(transfers_mu);
       info["kv_receives_in_progress"] = transfers.size();
@@ -336,9 +348,10 @@ struct WorkerServer::Impl : public KvSink {
     destination.address = JsonGet<std::string>(*dest, "/kv_address", "");
     destination.reservation_id = JsonGet<uint64_t>(*dest, "/reservation_id", 0);
     if (destination.transport != "tcp") {
-      ReplyError(res, 400, "KV transport \"" + destination.transport +
-                               "\" is not available in this build (tcp is; cuda-ipc and nccl "
-                               "come with the cuda backend)");
+      ReplyError(res, 400,
+                 "KV transport \"" + destination.transport +
+                     "\" is not available in this build (tcp is; cuda-ipc and nccl "
+                     "come with the cuda backend)");
       return;
     }
     if (destination.address.empty()) {
@@ -404,8 +417,8 @@ struct WorkerServer::Impl : public KvSink {
       LogWarn("KV push failed", {{"to", destination.address},
                                  {"reservation", destination.reservation_id},
                                  {"error", sent.status().ToString()}});
-      ReplyError(res, 502, "KV push to " + destination.address + " failed: " +
-                               sent.status().message());
+      ReplyError(res, 502,
+                 "KV push to " + destination.address + " failed: " + sent.status().message());
       return;
     }
     // A sim backend moves no real bytes; the transfer takes as long as the modeled link says.
@@ -417,10 +430,11 @@ struct WorkerServer::Impl : public KvSink {
     const double seconds = std::chrono::duration<double>(Clock::now() - started).count();
     metrics.ObserveKvTransfer("send", bytes, seconds, true);
     metrics.CountRequest("prefill", "ok");
-    Reply(res, 200, Json{{"first_token", first_token},
-                         {"prompt_tokens", num_tokens},
-                         {"kv_bytes", bytes},
-                         {"kv_transfer_seconds", seconds}});
+    Reply(res, 200,
+          Json{{"first_token", first_token},
+               {"prompt_tokens", num_tokens},
+               {"kv_bytes", bytes},
+               {"kv_transfer_seconds", seconds}});
   }
 
   // Streams a sequence's events as NDJSON until it finishes; closing the connection aborts it.
@@ -604,8 +618,9 @@ Status WorkerServer::Start() {
            [this](const httplib::Request& q, httplib::Response& r) { impl_->HandlePrefill(q, r); });
   srv.Post(protocol::kDecodePath,
            [this](const httplib::Request& q, httplib::Response& r) { impl_->HandleDecode(q, r); });
-  srv.Post(protocol::kGeneratePath,
-           [this](const httplib::Request& q, httplib::Response& r) { impl_->HandleGenerate(q, r); });
+  srv.Post(protocol::kGeneratePath, [this](const httplib::Request& q, httplib::Response& r) {
+    impl_->HandleGenerate(q, r);
+  });
 
   auto bound = BindHttpServer(srv, m.options.host, m.options.port, "worker");
   if (!bound.ok()) return bound.status();

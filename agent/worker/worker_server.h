@@ -25,9 +25,9 @@ struct WorkerServerOptions {
   WorkerRole role = WorkerRole::kBoth;
   std::string served_model_name;
   std::string host = "0.0.0.0";
-  int port = 8000;  // 0: any free port
-  std::string kv_host;  // KV receiver listen address (default: host)
-  int kv_port = 0;      // 0: any free port
+  int port = 8000;                           // 0: any free port
+  std::string kv_host;                       // KV receiver listen address (default: host)
+  int kv_port = 0;                           // 0: any free port
   std::string advertise_host = "127.0.0.1";  // how peers reach this worker (pod IP)
   std::string auth_token;
   int http_threads = 256;  // httplib holds one per open keep-alive connection

@@ -78,7 +78,8 @@ void EventRecorder::Loop() {
 
 void EventRecorder::Write(const Pending& p) {
   const std::string ts = FormatRfc3339(clock_->WallNow());
-  const std::string seen_key = p.involved["uid"].get<std::string>() + "|" + p.reason + "|" + p.message;
+  const std::string seen_key =
+      p.involved["uid"].get<std::string>() + "|" + p.reason + "|" + p.message;
   auto it = seen_.find(seen_key);
   if (it != seen_.end() && clock_->Now() - it->second.last < std::chrono::minutes(10)) {
     it->second.count++;

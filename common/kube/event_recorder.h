@@ -21,8 +21,7 @@ namespace pdpool::kube {
 
 class EventRecorder {
  public:
-  EventRecorder(KubeClient* client, std::string component, Clock* clock,
-                size_t max_queue = 1000);
+  EventRecorder(KubeClient* client, std::string component, Clock* clock, size_t max_queue = 1000);
   ~EventRecorder();
 
   // type: "Normal" or "Warning". `object` needs apiVersion, kind, metadata.{name,namespace,uid}.

@@ -57,17 +57,23 @@ Status ErrorFromResponse(int code, const std::string& body, const std::string& w
   }
   message = what + ": " + message;
   switch (code) {
-    case 404: return Status::NotFound(message);
+    case 404:
+      return Status::NotFound(message);
     case 409:
       return reason == "AlreadyExists" ? Status::AlreadyExists(message) : Status::Conflict(message);
-    case 410: return Status::Gone(message);
+    case 410:
+      return Status::Gone(message);
     case 401:
-    case 403: return Status::Unauthorized(message);
+    case 403:
+      return Status::Unauthorized(message);
     case 400:
     case 415:
-    case 422: return Status::InvalidArgument(message);
-    case 504: return Status::DeadlineExceeded(message);
-    default: break;
+    case 422:
+      return Status::InvalidArgument(message);
+    case 504:
+      return Status::DeadlineExceeded(message);
+    default:
+      break;
   }
   if (code == 429 || code >= 500) return Status::Unavailable(message);
   return Status::Internal("HTTP " + std::to_string(code) + " " + message);
@@ -141,7 +147,8 @@ class HttpKubeClient final : public KubeClient {
       q.Add("resourceVersion", options.resource_version);
       q.Add("limit", options.limit > 0 ? std::to_string(options.limit) : "500");
       q.Add("continue", continue_token);
-      auto page = Do("GET", type.CollectionPath(ns) + q.str(), "", "", Describe("list", type, ns, ""));
+      auto page =
+          Do("GET", type.CollectionPath(ns) + q.str(), "", "", Describe("list", type, ns, ""));
       if (!page.ok()) return page.status();
       if (result.is_null()) {
         result = std::move(*page);
@@ -186,10 +193,18 @@ class HttpKubeClient final : public KubeClient {
                        const PatchOptions& options) override {
     std::string content_type;
     switch (patch_type) {
-      case PatchType::kMerge: content_type = "application/merge-patch+json"; break;
-      case PatchType::kJson: content_type = "application/json-patch+json"; break;
-      case PatchType::kStrategic: content_type = "application/strategic-merge-patch+json"; break;
-      case PatchType::kApply: content_type = "application/apply-patch+yaml"; break;
+      case PatchType::kMerge:
+        content_type = "application/merge-patch+json";
+        break;
+      case PatchType::kJson:
+        content_type = "application/json-patch+json";
+        break;
+      case PatchType::kStrategic:
+        content_type = "application/strategic-merge-patch+json";
+        break;
+      case PatchType::kApply:
+        content_type = "application/apply-patch+yaml";
+        break;
     }
     std::string path = type.ObjectPath(ns, name);
     if (!options.subresource.empty()) path += "/" + options.subresource;
@@ -274,18 +289,18 @@ class HttpKubeClient final : public KubeClient {
     };
     httplib::Headers headers = AuthHeaders();
     headers.emplace("Accept", "application/json");
-    auto result = client->Get(
-        (type.CollectionPath(ns) + q.str()).c_str(), headers,
-        [&](const httplib::Response& response) {
-          http_status = response.status;
-          return true;
-        },
-        receiver);
+    auto result = client->Get((type.CollectionPath(ns) + q.str()).c_str(), headers,
+                              [&](const httplib::Response& response) {
+                                http_status = response.status;
+                                return true;
+                              },
+                              receiver);
     if (cancel) cancel->Unregister(cancel_id);
     if (cancel && cancel->cancelled()) return Status::Cancelled(what + ": cancelled");
     if (stopped_by_callback) return Status::Ok();
     if (!stream_status.ok()) return stream_status;
-    if (http_status != 0 && http_status != 200) return ErrorFromResponse(http_status, error_body, what);
+    if (http_status != 0 && http_status != 200)
+      return ErrorFromResponse(http_status, error_body, what);
     if (!result) {
       // A stream the server closed after timeoutSeconds reads as success; anything else is a
       // connection problem.
@@ -299,7 +314,8 @@ class HttpKubeClient final : public KubeClient {
   static std::string Describe(const char* verb, const ResourceType& type, std::string_view ns,
                               std::string_view name) {
     std::string s = std::string(verb) + " " + type.resource;
-    if (!ns.empty() || !name.empty()) s += " " + std::string(ns) + (ns.empty() ? "" : "/") + std::string(name);
+    if (!ns.empty() || !name.empty())
+      s += " " + std::string(ns) + (ns.empty() ? "" : "/") + std::string(name);
     return s;
   }
 
@@ -308,10 +324,12 @@ class HttpKubeClient final : public KubeClient {
     if (address_.tls) {
       std::unique_ptr<httplib::SSLClient> ssl;
       if (!config_.client_cert_pem.empty()) {
-        BIO* cb = BIO_new_mem_buf(config_.client_cert_pem.data(), static_cast<int>(config_.client_cert_pem.size()));
+        BIO* cb = BIO_new_mem_buf(config_.client_cert_pem.data(),
+                                  static_cast<int>(config_.client_cert_pem.size()));
         X509* cert = PEM_read_bio_X509(cb, nullptr, nullptr, nullptr);
         BIO_free(cb);
-        BIO* kb = BIO_new_mem_buf(config_.client_key_pem.data(), static_cast<int>(config_.client_key_pem.size()));
+        BIO* kb = BIO_new_mem_buf(config_.client_key_pem.data(),
+                                  static_cast<int>(config_.client_key_pem.size()));
         EVP_PKEY* key = PEM_read_bio_PrivateKey(kb, nullptr, nullptr, nullptr);
         BIO_free(kb);
         ssl = std::make_unique<httplib::SSLClient>(address_.host, address_.port, cert, key);

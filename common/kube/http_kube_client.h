@@ -11,14 +11,14 @@
 namespace pdpool::kube {
 
 struct HttpKubeClientOptions {
-  double qps = 50;   // client-side limit on non-watch requests
+  double qps = 50;  // client-side limit on non-watch requests
   int burst = 100;
   int request_timeout_seconds = 30;
   std::string user_agent = "pdpool";
 };
 
 // InvalidArgument when config.server is not an http(s) address.
-StatusOr<std::unique_ptr<KubeClient>> NewHttpKubeClient(
-    const KubeConfig& config, const HttpKubeClientOptions& options = {});
+StatusOr<std::unique_ptr<KubeClient>> NewHttpKubeClient(const KubeConfig& config,
+                                                        const HttpKubeClientOptions& options = {});
 
 }  // namespace pdpool::kube

@@ -208,8 +208,8 @@ void Informer::Run(CancelToken* cancel) {
     if (need_list) {
       auto listed = ListAndReplace();
       if (!listed.ok()) {
-        LogWarn("informer list failed", {{"resource", type_.resource},
-                                         {"error", listed.status().ToString()}});
+        LogWarn("informer list failed",
+                {{"resource", type_.resource}, {"error", listed.status().ToString()}});
         sleep_backoff();
         continue;
       }
@@ -227,12 +227,13 @@ void Informer::Run(CancelToken* cancel) {
     std::uniform_int_distribution<int> spread(options_.watch_timeout_seconds / 2 + 1,
                                               options_.watch_timeout_seconds);
     wo.timeout_seconds = spread(rng);
-    Status s = client_->Watch(type_, options_.ns, wo,
-                              [this](const WatchEvent& ev) {
-                                Apply(ev);
-                                return true;
-                              },
-                              cancel);
+    Status s = client_->Watch(
+        type_, options_.ns, wo,
+        [this](const WatchEvent& ev) {
+          Apply(ev);
+          return true;
+        },
+        cancel);
     if (cancel->cancelled()) break;
     if (s.IsGone()) {
       LogInfo("informer watch expired, relisting", {{"resource", type_.resource}});

@@ -35,16 +35,16 @@ struct WatchOptions {
 };
 
 enum class PatchType {
-  kMerge,        // application/merge-patch+json
-  kJson,         // application/json-patch+json
-  kStrategic,    // application/strategic-merge-patch+json (built-in types only)
-  kApply,        // application/apply-patch+yaml (server-side apply; body is JSON)
+  kMerge,      // application/merge-patch+json
+  kJson,       // application/json-patch+json
+  kStrategic,  // application/strategic-merge-patch+json (built-in types only)
+  kApply,      // application/apply-patch+yaml (server-side apply; body is JSON)
 };
 
 struct PatchOptions {
   std::string field_manager = "pdpool";
-  bool force = false;            // server-side apply: take ownership of conflicting fields
-  std::string subresource;       // "" or "status"
+  bool force = false;       // server-side apply: take ownership of conflicting fields
+  std::string subresource;  // "" or "status"
 };
 
 struct DeleteOptions {
@@ -90,16 +90,15 @@ class KubeClient {
   virtual StatusOr<Json> Update(const ResourceType& type, const Json& object) = 0;
   // PUT to the /status subresource.
   virtual StatusOr<Json> UpdateStatus(const ResourceType& type, const Json& object) = 0;
-  virtual StatusOr<Json> Patch(const ResourceType& type, std::string_view ns,
-                               std::string_view name, PatchType patch_type, const Json& patch,
+  virtual StatusOr<Json> Patch(const ResourceType& type, std::string_view ns, std::string_view name,
+                               PatchType patch_type, const Json& patch,
                                const PatchOptions& options = {}) = 0;
   virtual Status Delete(const ResourceType& type, std::string_view ns, std::string_view name,
                         const DeleteOptions& options = {}) = 0;
   // Blocks, calling on_event for each event, until the server ends the stream (Ok), an error
   // occurs (Gone when the resourceVersion is too old), on_event returns false (Ok), or
   // `cancel` fires (Cancelled).
-  virtual Status Watch(const ResourceType& type, std::string_view ns,
-                       const WatchOptions& options,
+  virtual Status Watch(const ResourceType& type, std::string_view ns, const WatchOptions& options,
                        const std::function<bool(const WatchEvent&)>& on_event,
                        CancelToken* cancel) = 0;
 };

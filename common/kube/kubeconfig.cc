@@ -94,23 +94,28 @@ StatusOr<KubeConfig> LoadKubeConfigFile(const std::string& path) {
     } else {
       context = FindNamed(root["contexts"], current, "context");
     }
-    if (!context) return Status::InvalidArgument("kubeconfig " + path + ": no context '" + current + "'");
+    if (!context)
+      return Status::InvalidArgument("kubeconfig " + path + ": no context '" + current + "'");
     std::string cluster_name = Str(context, "cluster");
     std::string user_name = Str(context, "user");
     YAML::Node cluster = FindNamed(root["clusters"], cluster_name, "cluster");
-    if (!cluster) return Status::InvalidArgument("kubeconfig " + path + ": no cluster '" + cluster_name + "'");
+    if (!cluster)
+      return Status::InvalidArgument("kubeconfig " + path + ": no cluster '" + cluster_name + "'");
     YAML::Node user = FindNamed(root["users"], user_name, "user");
 
     KubeConfig cfg;
     cfg.server = Str(cluster, "server");
-    if (cfg.server.empty()) return Status::InvalidArgument("kubeconfig " + path + ": cluster has no server");
+    if (cfg.server.empty())
+      return Status::InvalidArgument("kubeconfig " + path + ": cluster has no server");
     cfg.insecure_skip_verify = Str(cluster, "insecure-skip-tls-verify") == "true";
-    if (auto s = LoadPem(cluster, "certificate-authority", base_dir, &cfg.ca_pem); !s.ok()) return s;
+    if (auto s = LoadPem(cluster, "certificate-authority", base_dir, &cfg.ca_pem); !s.ok())
+      return s;
     if (user) {
       cfg.token = Str(user, "token");
       std::string token_file = Str(user, "tokenFile");
       if (!token_file.empty()) cfg.token_file = ResolvePath(base_dir, token_file);
-      if (auto s = LoadPem(user, "client-certificate", base_dir, &cfg.client_cert_pem); !s.ok()) return s;
+      if (auto s = LoadPem(user, "client-certificate", base_dir, &cfg.client_cert_pem); !s.ok())
+        return s;
       if (auto s = LoadPem(user, "client-key", base_dir, &cfg.client_key_pem); !s.ok()) return s;
     }
     std::string ns = Str(context, "namespace");
@@ -136,7 +141,8 @@ StatusOr<KubeConfig> LoadInClusterConfig(const std::string& sa_dir) {
   auto ca = ReadFile(sa_dir + "/ca.crt");
   if (!ca.ok()) return Status::NotFound("in-cluster: " + ca.status().message());
   cfg.ca_pem = *ca;
-  if (auto ns = ReadFile(sa_dir + "/namespace"); ns.ok() && !ns->empty()) cfg.default_namespace = *ns;
+  if (auto ns = ReadFile(sa_dir + "/namespace"); ns.ok() && !ns->empty())
+    cfg.default_namespace = *ns;
   return cfg;
 }
 

@@ -10,8 +10,8 @@
 namespace pdpool::kube {
 
 struct KubeConfig {
-  std::string server;           // "https://127.0.0.1:6443"
-  std::string ca_pem;           // empty: system trust store
+  std::string server;  // "https://127.0.0.1:6443"
+  std::string ca_pem;  // empty: system trust store
   bool insecure_skip_verify = false;
   std::string token;            // bearer token, or empty
   std::string token_file;       // re-read on each connection when set (rotated tokens)

@@ -44,8 +44,8 @@ Process AgentEnv::Start(const std::string& name, std::vector<std::string> args) 
   args.push_back("--port");
   args.push_back(std::to_string(p.port));
   std::string error;
-  auto child = SpawnProcess(name, BuildPath("pdpool-agent"), args, log_dir_ + "/" + name + ".log",
-                            &error);
+  auto child =
+      SpawnProcess(name, BuildPath("pdpool-agent"), args, log_dir_ + "/" + name + ".log", &error);
   if (!child) {
     ADD_FAILURE() << error;
     return p;
@@ -56,13 +56,14 @@ Process AgentEnv::Start(const std::string& name, std::vector<std::string> args) 
 }
 
 Process AgentEnv::StartWorker(const std::string& role, std::vector<std::string> extra) {
-  std::vector<std::string> args = {"worker", "--role", role, "--backend", "cpu",
-                                   "--model", "test-tiny", "--weights", "dummy:1",
-                                   "--host", "127.0.0.1", "--auth-token-file", token_file_};
+  std::vector<std::string> args = {"worker",   "--role",  role,        "--backend",
+                                   "cpu",      "--model", "test-tiny", "--weights",
+                                   "dummy:1",  "--host",  "127.0.0.1", "--auth-token-file",
+                                   token_file_};
   args.insert(args.end(), extra.begin(), extra.end());
   Process p = Start(role + "-" + std::to_string(children_.size()), args);
-  EXPECT_TRUE(WaitReady(p.port)) << "worker " << role << " not ready; log: "
-                                 << (p.child ? p.child->log_path() : "");
+  EXPECT_TRUE(WaitReady(p.port)) << "worker " << role
+                                 << " not ready; log: " << (p.child ? p.child->log_path() : "");
   return p;
 }
 
@@ -73,7 +74,8 @@ Process AgentEnv::StartRouter(std::vector<std::string> args) {
   args.push_back("--auth-token-file");
   args.push_back(token_file_);
   Process p = Start("router-" + std::to_string(children_.size()), args);
-  EXPECT_TRUE(WaitReady(p.port)) << "router not ready; log: " << (p.child ? p.child->log_path() : "");
+  EXPECT_TRUE(WaitReady(p.port)) << "router not ready; log: "
+                                 << (p.child ? p.child->log_path() : "");
   return p;
 }
 

@@ -16,8 +16,12 @@ namespace {
 namespace protocol = agent::protocol;
 
 Json Completion(const std::string& prompt, int max_tokens, double temperature, int seed) {
-  return {{"model", "tiny"},      {"prompt", prompt},          {"max_tokens", max_tokens},
-          {"temperature", temperature}, {"seed", seed}, {"ignore_eos", true}};
+  return {{"model", "tiny"},
+          {"prompt", prompt},
+          {"max_tokens", max_tokens},
+          {"temperature", temperature},
+          {"seed", seed},
+          {"ignore_eos", true}};
 }
 
 bool KvIdle(AgentEnv& env, const Process& worker) {
@@ -31,11 +35,13 @@ TEST(RouterTest, DisaggregatedCompletionsEqualAggregatedOnes) {
   Process both = env.StartWorker("both");
   Process prefill = env.StartWorker("prefill");
   Process decode = env.StartWorker("decode");
-  Process aggregated = env.StartRouter({"--served-model-name", "tiny", "--workers", both.address()});
-  Process disaggregated = env.StartRouter(
-      {"--served-model-name", "tiny", "--prefill", prefill.address(), "--decode", decode.address()});
+  Process aggregated =
+      env.StartRouter({"--served-model-name", "tiny", "--workers", both.address()});
+  Process disaggregated = env.StartRouter({"--served-model-name", "tiny", "--prefill",
+                                           prefill.address(), "--decode", decode.address()});
   for (double temperature : {0.0, 0.8}) {
-    for (const std::string prompt : {"Hello", "The KV cache moves from prefill to decode over tcp."}) {
+    for (const std::string prompt :
+         {"Hello", "The KV cache moves from prefill to decode over tcp."}) {
       const Json request = Completion(prompt, 20, temperature, 3);
       HttpResult a = env.Post(aggregated.port, "/v1/completions", request, false);
       HttpResult d = env.Post(disaggregated.port, "/v1/completions", request, false);
@@ -56,8 +62,9 @@ TEST(RouterTest, PrefillWorkerKilledMidTransferIsRetriedAndNothingLeaks) {
   Process p1 = env.StartWorker("prefill", {"--fault-kv-block-delay-ms", "100"});
   Process p2 = env.StartWorker("prefill", {"--fault-kv-block-delay-ms", "100"});
   Process decode = env.StartWorker("decode");
-  Process router = env.StartRouter({"--served-model-name", "tiny", "--prefill",
-                                    p1.address() + "," + p2.address(), "--decode", decode.address()});
+  Process router =
+      env.StartRouter({"--served-model-name", "tiny", "--prefill",
+                       p1.address() + "," + p2.address(), "--decode", decode.address()});
   const std::string prompt(250, 'x');  // BOS + 250 byte tokens: 16 KV blocks
   auto response = std::async(std::launch::async, [&] {
     return env.Post(router.port, "/v1/completions", Completion(prompt, 8, 0, 0), false);
@@ -87,15 +94,18 @@ TEST(RouterTest, MetricsPassPromtoolAndCountRequests) {
   AgentEnv env;
   Process prefill = env.StartWorker("prefill");
   Process decode = env.StartWorker("decode");
-  Process router = env.StartRouter(
-      {"--served-model-name", "tiny", "--prefill", prefill.address(), "--decode", decode.address()});
+  Process router = env.StartRouter({"--served-model-name", "tiny", "--prefill", prefill.address(),
+                                    "--decode", decode.address()});
   for (int i = 0; i < 3; ++i) {
-    ASSERT_EQ(env.Post(router.port, "/v1/completions", Completion("abc", 5, 0, 0), false).status, 200);
+    ASSERT_EQ(env.Post(router.port, "/v1/completions", Completion("abc", 5, 0, 0), false).status,
+              200);
   }
-  EXPECT_EQ(env.Post(router.port, "/v1/completions", Completion("abc", 0, 0, 0), false).status, 400);
+  EXPECT_EQ(env.Post(router.port, "/v1/completions", Completion("abc", 0, 0, 0), false).status,
+            400);
   HttpResult m = env.Get(router.port, "/metrics", false);
   ASSERT_EQ(m.status, 200);
-  const std::string file = env.BuildPath("agent-test-logs/router-metrics-" + std::to_string(router.port) + ".txt");
+  const std::string file =
+      env.BuildPath("agent-test-logs/router-metrics-" + std::to_string(router.port) + ".txt");
   std::ofstream(file) << m.body;
   std::string out;
   EXPECT_EQ(AgentEnv::RunCommand("promtool check metrics < " + file, &out), 0) << out;
@@ -104,7 +114,8 @@ TEST(RouterTest, MetricsPassPromtoolAndCountRequests) {
   EXPECT_EQ(AgentEnv::MetricSum(m.body, "pdpool_router_ttft_seconds_count"), 3);
   EXPECT_EQ(AgentEnv::MetricSum(m.body, "pdpool_router_tpot_seconds_count"), 3);
   EXPECT_EQ(AgentEnv::MetricSum(m.body, "pdpool_router_generation_tokens_total"), 15);
-  EXPECT_EQ(AgentEnv::MetricSum(m.body, "pdpool_router_prompt_tokens_total"), 12);  // 3 × (BOS + "abc")
+  EXPECT_EQ(AgentEnv::MetricSum(m.body, "pdpool_router_prompt_tokens_total"),
+            12);  // 3 × (BOS + "abc")
 }
 
 }  // namespace

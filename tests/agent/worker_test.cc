@@ -92,7 +92,8 @@ std::vector<int> Disaggregated(AgentEnv& env, const Process& prefill, const Proc
   EXPECT_EQ(p.status, 200) << p.body;
   if (p.status != 200) return {};
   EXPECT_GT(p.json["kv_bytes"].get<int64_t>(), 0);
-  return Decode(env, decode, r.json, p.json["first_token"].get<int>(), prompt, max_tokens, sampling);
+  return Decode(env, decode, r.json, p.json["first_token"].get<int>(), prompt, max_tokens,
+                sampling);
 }
 
 bool KvIdle(AgentEnv& env, const Process& worker) {
@@ -131,8 +132,8 @@ TEST(WorkerTest, PrefillKilledMidTransferLeaksNothingAndAnotherPrefillFinishesTh
 
   HttpResult r = Reserve(env, decode, 160);
   ASSERT_EQ(r.status, 200) << r.body;
-  auto doomed = std::async(std::launch::async,
-                           [&] { return Prefill(env, slow, prompt, sampling, r.json); });
+  auto doomed =
+      std::async(std::launch::async, [&] { return Prefill(env, slow, prompt, sampling, r.json); });
   ASSERT_TRUE(AgentEnv::WaitFor([&] {
     return env.Get(decode.port, protocol::kInfoPath).json.value("kv_receives_in_progress", 0) == 1;
   })) << "the transfer never started";
@@ -148,9 +149,10 @@ TEST(WorkerTest, PrefillKilledMidTransferLeaksNothingAndAnotherPrefillFinishesTh
             1);
 
   // The router's retry: release (a no-op now), reserve again, prefill elsewhere.
-  EXPECT_EQ(env.Post(decode.port, protocol::kReleasePath, {{"reservation_id", r.json["reservation_id"]}})
-                .json["released"],
-            false);
+  EXPECT_EQ(
+      env.Post(decode.port, protocol::kReleasePath, {{"reservation_id", r.json["reservation_id"]}})
+          .json["released"],
+      false);
   std::vector<int> tokens = Disaggregated(env, healthy, decode, prompt, 12, sampling);
   EXPECT_EQ(tokens, Generate(env, both, prompt, 12, sampling));
   EXPECT_TRUE(AgentEnv::WaitFor([&] { return KvIdle(env, decode); }));
@@ -160,14 +162,18 @@ TEST(WorkerTest, InternalEndpointsRefuseRequestsWithoutThePoolToken) {
   AgentEnv env;
   Process decode = env.StartWorker("decode");
   Process prefill = env.StartWorker("prefill");
-  const int free_before = env.Get(decode.port, protocol::kInfoPath).json["kv_blocks_free"].get<int>();
+  const int free_before =
+      env.Get(decode.port, protocol::kInfoPath).json["kv_blocks_free"].get<int>();
   HttpResult r = env.Post(decode.port, protocol::kReservePath, {{"prompt_tokens", 16}}, false);
   EXPECT_EQ(r.status, 401);
   EXPECT_EQ(env.Get(decode.port, protocol::kInfoPath, false).status, 401);
-  EXPECT_EQ(env.Post(prefill.port, protocol::kPrefillPath, {{"prompt_token_ids", {1, 2}}}, false).status,
+  EXPECT_EQ(
+      env.Post(prefill.port, protocol::kPrefillPath, {{"prompt_token_ids", {1, 2}}}, false).status,
+      401);
+  EXPECT_EQ(env.Post(decode.port, protocol::kDecodePath, {{"reservation_id", 1}}, false).status,
             401);
-  EXPECT_EQ(env.Post(decode.port, protocol::kDecodePath, {{"reservation_id", 1}}, false).status, 401);
-  EXPECT_EQ(env.Get(decode.port, protocol::kInfoPath).json["kv_blocks_free"].get<int>(), free_before);
+  EXPECT_EQ(env.Get(decode.port, protocol::kInfoPath).json["kv_blocks_free"].get<int>(),
+            free_before);
   // Probes and metrics stay open.
   EXPECT_EQ(env.Get(decode.port, "/healthz", false).status, 200);
   EXPECT_EQ(env.Get(decode.port, "/metrics", false).status, 200);
@@ -175,11 +181,14 @@ TEST(WorkerTest, InternalEndpointsRefuseRequestsWithoutThePoolToken) {
   HttpResult wrong_role = env.Post(prefill.port, protocol::kReservePath, {{"prompt_tokens", 4}});
   EXPECT_EQ(wrong_role.status, 400);
   EXPECT_NE(wrong_role.json.value("error", "").find("prefill worker"), std::string::npos);
-  HttpResult bad_token = env.Post(prefill.port, protocol::kPrefillPath,
-                                  {{"prompt_token_ids", {1, 100000}}, {"destination", {{"kv_address", "x:1"}}}});
+  HttpResult bad_token =
+      env.Post(prefill.port, protocol::kPrefillPath,
+               {{"prompt_token_ids", {1, 100000}}, {"destination", {{"kv_address", "x:1"}}}});
   EXPECT_EQ(bad_token.status, 400);
-  EXPECT_EQ(env.Post(decode.port, protocol::kDecodePath, {{"reservation_id", 999}, {"first_token", 3}}).status,
-            404);
+  EXPECT_EQ(
+      env.Post(decode.port, protocol::kDecodePath, {{"reservation_id", 999}, {"first_token", 3}})
+          .status,
+      404);
 }
 
 TEST(WorkerTest, SigtermFinishesInFlightWorkThenExits) {
@@ -194,9 +203,8 @@ TEST(WorkerTest, SigtermFinishesInFlightWorkThenExits) {
                            {"sampling", Sampling(0, 0)},
                            {"ignore_eos", true}});
   });
-  ASSERT_TRUE(AgentEnv::WaitFor([&] {
-    return env.Get(sim.port, protocol::kInfoPath).json.value("running", 0) == 1;
-  }));
+  ASSERT_TRUE(AgentEnv::WaitFor(
+      [&] { return env.Get(sim.port, protocol::kInfoPath).json.value("running", 0) == 1; }));
   ::kill(sim.child->pid(), SIGTERM);
   EXPECT_TRUE(AgentEnv::WaitFor([&] { return env.Get(sim.port, "/readyz", false).status == 503; }));
   HttpResult refused = env.Post(sim.port, protocol::kGeneratePath,
@@ -220,7 +228,8 @@ TEST(WorkerTest, MetricsPassPromtoolAndMoveWithTraffic) {
   for (const Process* p : {&prefill, &decode}) {
     HttpResult m = env.Get(p->port, "/metrics", false);
     ASSERT_EQ(m.status, 200);
-    const std::string file = env.BuildPath("agent-test-logs/metrics-" + std::to_string(p->port) + ".txt");
+    const std::string file =
+        env.BuildPath("agent-test-logs/metrics-" + std::to_string(p->port) + ".txt");
     std::ofstream(file) << m.body;
     std::string out;
     EXPECT_EQ(AgentEnv::RunCommand("promtool check metrics < " + file, &out), 0) << out;

@@ -20,16 +20,22 @@ std::string PoolYaml(const std::string& name, int prefill, int decode, int gpus_
                      const std::string& extra_spec = "") {
   return "apiVersion: pdpool.dev/v1alpha1\n"
          "kind: InferencePool\n"
-         "metadata:\n  name: " + name + "\n"
+         "metadata:\n  name: " +
+         name +
+         "\n"
          "spec:\n"
-         "  model: {name: meta-llama/Llama-3.1-70B-Instruct, preset: llama-3.1-70b, source: {dummy: {seed: 1}}}\n"
+         "  model: {name: meta-llama/Llama-3.1-70B-Instruct, preset: llama-3.1-70b, source: "
+         "{dummy: {seed: 1}}}\n"
          "  image: pdpool/agent:dev\n"
          "  backend: sim\n"
-         "  prefill: {replicas: " + std::to_string(prefill) + ", gpusPerReplica: " +
-         std::to_string(gpus_per_replica) + ", minReplicas: 0, maxReplicas: 16}\n"
-         "  decode: {replicas: " + std::to_string(decode) + ", gpusPerReplica: " +
-         std::to_string(gpus_per_replica) + ", minReplicas: 0, maxReplicas: 16}\n"
-         "  router: {replicas: 1}\n" + extra_spec;
+         "  prefill: {replicas: " +
+         std::to_string(prefill) + ", gpusPerReplica: " + std::to_string(gpus_per_replica) +
+         ", minReplicas: 0, maxReplicas: 16}\n"
+         "  decode: {replicas: " +
+         std::to_string(decode) + ", gpusPerReplica: " + std::to_string(gpus_per_replica) +
+         ", minReplicas: 0, maxReplicas: 16}\n"
+         "  router: {replicas: 1}\n" +
+         extra_spec;
 }
 
 class ControllerTest : public ::testing::Test {
@@ -126,12 +132,15 @@ TEST_F(ControllerTest, EditingReplicasScalesReplicaSetsAndDeletingPoolRemovesChi
   Apply(PoolYaml("edit", 1, 1));
   ASSERT_TRUE(TestEnv::WaitFor([&] { return PoolReady("edit"); }, seconds(90))) << env_.ChildLogs();
 
-  auto r = env_.Kubectl("patch ipool edit -n " + env_.ns() +
-                        " --type=merge -p '{\"spec\":{\"prefill\":{\"replicas\":3},\"decode\":{\"replicas\":2}}}'");
+  auto r = env_.Kubectl(
+      "patch ipool edit -n " + env_.ns() +
+      " --type=merge -p '{\"spec\":{\"prefill\":{\"replicas\":3},\"decode\":{\"replicas\":2}}}'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(TestEnv::WaitFor(
-      [&] { return RoleReplicas("edit", "prefill") == std::pair{3, 1} &&
-                   RoleReplicas("edit", "decode") == std::pair{2, 1}; },
+      [&] {
+        return RoleReplicas("edit", "prefill") == std::pair{3, 1} &&
+               RoleReplicas("edit", "decode") == std::pair{2, 1};
+      },
       seconds(30)))
       << env_.ChildLogs();
   ASSERT_TRUE(TestEnv::WaitFor([&] { return PoolReady("edit"); }, seconds(90))) << env_.ChildLogs();
@@ -144,7 +153,10 @@ TEST_F(ControllerTest, EditingReplicasScalesReplicaSetsAndDeletingPoolRemovesChi
       [&] {
         return env_.ListReplicaSets("edit", "prefill").empty() &&
                env_.ListReplicaSets("edit", "decode").empty() &&
-               env_.client().Get(kube::kDeployments, env_.ns(), "edit-router").status().IsNotFound() &&
+               env_.client()
+                   .Get(kube::kDeployments, env_.ns(), "edit-router")
+                   .status()
+                   .IsNotFound() &&
                env_.client().Get(kube::kServices, env_.ns(), "edit-router").status().IsNotFound();
       },
       seconds(60)));
@@ -190,7 +202,8 @@ TEST_F(ControllerTest, PoolGetsATokenSecretMountedByItsWorkersAndCollectedWithIt
                m.value("mountPath", "") == "/var/run/pdpool/token" && m.value("readOnly", false);
     EXPECT_TRUE(mount) << worker.dump(2);
     bool arg = false;
-    for (const Json& a : worker["args"]) arg |= a == "--auth-token-file=/var/run/pdpool/token/token";
+    for (const Json& a : worker["args"])
+      arg |= a == "--auth-token-file=/var/run/pdpool/token/token";
     EXPECT_TRUE(arg) << worker["args"].dump();
   }
 
@@ -205,7 +218,9 @@ TEST_F(ControllerTest, PoolGetsATokenSecretMountedByItsWorkersAndCollectedWithIt
   auto r = env_.Kubectl("delete ipool tok -n " + env_.ns() + " --wait=true");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(TestEnv::WaitFor(
-      [&] { return env_.client().Get(kube::kSecrets, env_.ns(), "tok-token").status().IsNotFound(); },
+      [&] {
+        return env_.client().Get(kube::kSecrets, env_.ns(), "tok-token").status().IsNotFound();
+      },
       seconds(60)))
       << "token Secret not garbage-collected";
 }
@@ -228,8 +243,10 @@ TEST_F(ControllerTest, TemplateChangeRollsOutNewRevisionForBothRoles) {
         auto d = env_.ListReplicaSets("roll", "decode");
         return p.size() == 1 && d.size() == 1 &&
                JsonGet<std::string>(p[0], "/metadata/name", "") != old_name &&
-               JsonGet<std::string>(p[0], "/spec/template/spec/containers/0/image", "") == "pdpool/agent:dev2" &&
-               JsonGet<std::string>(d[0], "/spec/template/spec/containers/0/image", "") == "pdpool/agent:dev2" &&
+               JsonGet<std::string>(p[0], "/spec/template/spec/containers/0/image", "") ==
+                   "pdpool/agent:dev2" &&
+               JsonGet<std::string>(d[0], "/spec/template/spec/containers/0/image", "") ==
+                   "pdpool/agent:dev2" &&
                PoolReady("roll");
       },
       seconds(120)))
@@ -242,8 +259,10 @@ TEST_F(ControllerTest, ControllerKilledMidwayConvergesWithoutDuplicates) {
   for (int i = 0; i < 8; i++) Apply(PoolYaml("crash-" + std::to_string(i), 1, 1, 1));
   // Kill as soon as it has started creating children, before it is done.
   ASSERT_TRUE(TestEnv::WaitFor(
-      [&] { return !env_.ListReplicaSets("crash-0", "prefill").empty() ||
-                   !env_.ListReplicaSets("crash-7", "prefill").empty(); },
+      [&] {
+        return !env_.ListReplicaSets("crash-0", "prefill").empty() ||
+               !env_.ListReplicaSets("crash-7", "prefill").empty();
+      },
       seconds(60)));
   first->Kill();
   ASSERT_NE(env_.StartController("c2"), nullptr);
@@ -253,7 +272,9 @@ TEST_F(ControllerTest, ControllerKilledMidwayConvergesWithoutDuplicates) {
         << name << env_.ChildLogs();
     EXPECT_EQ(RoleReplicas(name, "prefill"), (std::pair{1, 1})) << name;
     EXPECT_EQ(RoleReplicas(name, "decode"), (std::pair{1, 1})) << name;
-    EXPECT_EQ(env_.ListPods("pdpool.dev/pool=" + name + ",app.kubernetes.io/name=pdpool-worker").size(), 2u);
+    EXPECT_EQ(
+        env_.ListPods("pdpool.dev/pool=" + name + ",app.kubernetes.io/name=pdpool-worker").size(),
+        2u);
   }
 }
 
@@ -289,8 +310,11 @@ TEST_F(ControllerTest, OneLeaderAndStandbyTakesOverWithin20Seconds) {
   auto r = env_.Kubectl("patch ipool le -n " + env_.ns() +
                         " --type=merge -p '{\"spec\":{\"decode\":{\"replicas\":2}}}'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  ASSERT_TRUE(TestEnv::WaitFor([&] { return RoleReplicas("le", "decode") == std::pair{2, 1}; },
-                               seconds(30)))
+  ASSERT_TRUE(TestEnv::WaitFor(
+      [&] {
+        return RoleReplicas("le", "decode") == std::pair{2, 1};
+      },
+      seconds(30)))
       << env_.ChildLogs();
 }
 
@@ -302,10 +326,11 @@ TEST_F(ControllerTest, InvalidSpecsAreRefusedOrReportedAndChangeNothing) {
   EXPECT_NE(r.output.find("gpusPerReplica"), std::string::npos) << r.output;
 
   // Schema-valid nonsense: min > max gets a condition naming the field, and no children.
-  Apply("apiVersion: pdpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {name: minmax}\n"
-        "spec:\n  model: {name: m, preset: test-tiny, source: {dummy: {seed: 1}}}\n  backend: sim\n"
-        "  prefill: {replicas: 2, gpusPerReplica: 1, minReplicas: 3, maxReplicas: 2}\n"
-        "  decode: {replicas: 1, gpusPerReplica: 1, minReplicas: 1, maxReplicas: 2}\n");
+  Apply(
+      "apiVersion: pdpool.dev/v1alpha1\nkind: InferencePool\nmetadata: {name: minmax}\n"
+      "spec:\n  model: {name: m, preset: test-tiny, source: {dummy: {seed: 1}}}\n  backend: sim\n"
+      "  prefill: {replicas: 2, gpusPerReplica: 1, minReplicas: 3, maxReplicas: 2}\n"
+      "  decode: {replicas: 1, gpusPerReplica: 1, minReplicas: 1, maxReplicas: 2}\n");
   ASSERT_TRUE(TestEnv::WaitFor(
       [&] { return TestEnv::ConditionReason(env_.GetPool("minmax"), "Degraded") == "InvalidSpec"; },
       seconds(30)))
@@ -317,13 +342,15 @@ TEST_F(ControllerTest, InvalidSpecsAreRefusedOrReportedAndChangeNothing) {
   EXPECT_NE(message.find("spec.prefill.minReplicas"), std::string::npos) << message;
   EXPECT_EQ(TestEnv::ConditionStatus(pool, "Ready"), "False");
   EXPECT_TRUE(env_.ListReplicaSets("minmax", "prefill").empty());
-  EXPECT_TRUE(env_.client().Get(kube::kDeployments, env_.ns(), "minmax-router").status().IsNotFound());
+  EXPECT_TRUE(
+      env_.client().Get(kube::kDeployments, env_.ns(), "minmax-router").status().IsNotFound());
 
   // Fixing it lets the pool through.
   r = env_.Kubectl("patch ipool minmax -n " + env_.ns() +
                    " --type=merge -p '{\"spec\":{\"prefill\":{\"minReplicas\":1}}}'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  ASSERT_TRUE(TestEnv::WaitFor([&] { return PoolReady("minmax"); }, seconds(90))) << env_.ChildLogs();
+  ASSERT_TRUE(TestEnv::WaitFor([&] { return PoolReady("minmax"); }, seconds(90)))
+      << env_.ChildLogs();
 }
 
 TEST_F(ControllerTest, PoolLargerThanAnyDomainReportsInsufficientCapacityWithNumbers) {
@@ -331,7 +358,9 @@ TEST_F(ControllerTest, PoolLargerThanAnyDomainReportsInsufficientCapacityWithNum
   // 20 replicas x 4 GPUs = 80 GPUs; each domain has 72.
   Apply(PoolYaml("huge", 10, 10));
   ASSERT_TRUE(TestEnv::WaitFor(
-      [&] { return TestEnv::ConditionReason(env_.GetPool("huge"), "Degraded") == "InsufficientCapacity"; },
+      [&] {
+        return TestEnv::ConditionReason(env_.GetPool("huge"), "Degraded") == "InsufficientCapacity";
+      },
       seconds(30)))
       << env_.ChildLogs();
   Json pool = env_.GetPool("huge");
@@ -343,8 +372,9 @@ TEST_F(ControllerTest, PoolLargerThanAnyDomainReportsInsufficientCapacityWithNum
   EXPECT_TRUE(env_.ListReplicaSets("huge", "prefill").empty());
 
   // Shrinking it to fit places it.
-  auto r = env_.Kubectl("patch ipool huge -n " + env_.ns() +
-                        " --type=merge -p '{\"spec\":{\"prefill\":{\"replicas\":4},\"decode\":{\"replicas\":4}}}'");
+  auto r = env_.Kubectl(
+      "patch ipool huge -n " + env_.ns() +
+      " --type=merge -p '{\"spec\":{\"prefill\":{\"replicas\":4},\"decode\":{\"replicas\":4}}}'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(TestEnv::WaitFor([&] { return PoolReady("huge"); }, seconds(90))) << env_.ChildLogs();
 }

@@ -3,12 +3,14 @@
 // read-modify-write, the three patch flavours and server-side apply ownership, the status
 // subresource, watches (events after a list, Gone from an old version) and selectors. Each test
 // works in its own namespace (TestEnv).
+#include "common/kube/kube_client.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdlib>
-#include <condition_variable>
 #include <functional>
 #include <future>
 #include <mutex>
@@ -18,7 +20,6 @@
 #include <vector>
 
 #include "common/kube/http_kube_client.h"
-#include "common/kube/kube_client.h"
 #include "common/kube/kubeconfig.h"
 #include "common/kube/resource.h"
 #include "tests/integration/test_env.h"
@@ -111,8 +112,8 @@ TEST_F(KubeClientTest, ConfigMapCreateGetUpdateDeleteWithOptimisticConcurrency) 
 }
 
 TEST_F(KubeClientTest, FieldsTheClientDoesNotModelSurviveAReadModifyWrite) {
-  Json cm = ConfigMap("cm", {{"edited", "1"}, {"odd.key_with-chars", "keep me"}},
-                      {{"team", "serving"}});
+  Json cm =
+      ConfigMap("cm", {{"edited", "1"}, {"odd.key_with-chars", "keep me"}}, {{"team", "serving"}});
   cm["metadata"]["annotations"] = {{"example.com/owner", "someone else"}};
   cm["binaryData"] = {{"blob", "AAECAw=="}};
   MustCreate(cm);
@@ -188,7 +189,8 @@ TEST_F(KubeClientTest, StatusSubresourceChangesOnlyStatus) {
       {"kind", "InferencePool"},
       {"metadata", {{"name", "p"}, {"namespace", ns()}}},
       {"spec",
-       {{"model", {{"name", "test-tiny"}, {"preset", "test-tiny"}, {"source", {{"dummy", {{"seed", 1}}}}}}},
+       {{"model",
+         {{"name", "test-tiny"}, {"preset", "test-tiny"}, {"source", {{"dummy", {{"seed", 1}}}}}}},
         {"backend", "cpu"},
         {"prefill", {{"replicas", 1}, {"gpusPerReplica", 1}}},
         {"decode", {{"replicas", 1}, {"gpusPerReplica", 1}}}}}};
@@ -199,9 +201,9 @@ TEST_F(KubeClientTest, StatusSubresourceChangesOnlyStatus) {
   // One PUT to /status carrying both a status and a spec change: only the status lands.
   Json both = *created;
   both["spec"]["prefill"]["replicas"] = 5;
-  both["status"] = {{"observedGeneration", generation},
-                    {"conditions",
-                     Json::array({{{"type", "Ready"},
+  both["status"] = {
+      {"observedGeneration", generation},
+      {"conditions", Json::array({{{"type", "Ready"},
                                    {"status", "False"},
                                    {"reason", "ReplicasNotReady"},
                                    {"message", "prefill 0/1, decode 0/1"},
@@ -303,9 +305,8 @@ TEST_F(KubeClientTest, WatchFromAListsVersionSeesLaterAddsModificationsAndDelete
 
   MustCreate(ConfigMap("after", {{"k", "1"}}, {{"suite", "watch"}}));
   MustCreate(ConfigMap("unselected", {{"k", "1"}}));
-  ASSERT_TRUE(client()
-                  .Patch(kConfigMaps, ns(), "after", PatchType::kMerge, {{"data", {{"k", "2"}}}})
-                  .ok());
+  ASSERT_TRUE(
+      client().Patch(kConfigMaps, ns(), "after", PatchType::kMerge, {{"data", {{"k", "2"}}}}).ok());
   ASSERT_TRUE(client().Delete(kConfigMaps, ns(), "after").ok());
 
   auto done = [](const std::vector<kube::WatchEvent>& evs) {
@@ -405,14 +406,15 @@ TEST(KubeClientDeathTest, CancellingAnHttpsWatchDoesNotKillTheProcess) {
           // One object, then an idle stream: what an informer's watch mostly is.
           kube::WatchOptions wo;
           wo.field_selector = "metadata.name=default";
-          return (*client)->Watch(kube::kNamespaces, "", wo,
-                                  [&](const kube::WatchEvent&) {
-                                    std::lock_guard lock(mu);
-                                    got_event = true;
-                                    cv.notify_all();
-                                    return true;
-                                  },
-                                  &cancel);
+          return (*client)->Watch(
+              kube::kNamespaces, "", wo,
+              [&](const kube::WatchEvent&) {
+                std::lock_guard lock(mu);
+                got_event = true;
+                cv.notify_all();
+                return true;
+              },
+              &cancel);
         });
         {
           std::unique_lock lock(mu);

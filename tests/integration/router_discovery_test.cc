@@ -17,8 +17,7 @@ Json WorkerPod(const std::string& name, const std::string& role, const std::stri
   return {{"apiVersion", "v1"},
           {"kind", "Pod"},
           {"metadata",
-           {{"name", name},
-            {"labels", {{"pdpool.dev/pool", "chat"}, {"pdpool.dev/role", role}}}}},
+           {{"name", name}, {"labels", {{"pdpool.dev/pool", "chat"}, {"pdpool.dev/role", role}}}}},
           {"spec",
            {{"nodeName", node},
             {"containers", {{{"name", "worker"}, {"image", "pdpool/agent:test"}}}}}}};
@@ -34,7 +33,8 @@ std::string PodIp(TestEnv& env, const std::string& name) {
         return !ip.empty() && TestEnv::ConditionStatus(*pod, "Ready") == "True";
       },
       std::chrono::seconds(60)))
-      << "pod " << name << " never ran\n" << env.ChildLogs();
+      << "pod " << name << " never ran\n"
+      << env.ChildLogs();
   return ip;
 }
 
@@ -53,13 +53,15 @@ TEST(RouterDiscoveryTest, RouterServesThroughWorkersItFindsInTheCluster) {
   TestEnv env;
   env.StartNodes("rdisc", 2, 8, "");
   env.WaitForNodes("rdisc", 2);
-  for (const auto& [name, role] : {std::pair{"chat-prefill-0", "prefill"}, {"chat-decode-0", "decode"}}) {
+  for (const auto& [name, role] :
+       {std::pair{"chat-prefill-0", "prefill"}, {"chat-decode-0", "decode"}}) {
     auto created = env.client().Create(kube::kPods, env.ns(), WorkerPod(name, role, "rdisc-0"));
     ASSERT_TRUE(created.ok()) << created.status().ToString();
   }
   const std::string token_file = env.BuildPath("test-logs/" + env.ns() + "/pool-token");
   std::ofstream(token_file) << "cluster-pool-token\n";
-  for (const auto& [name, role] : {std::pair{"chat-prefill-0", "prefill"}, {"chat-decode-0", "decode"}}) {
+  for (const auto& [name, role] :
+       {std::pair{"chat-prefill-0", "prefill"}, {"chat-decode-0", "decode"}}) {
     const std::string ip = PodIp(env, name);
     ASSERT_FALSE(ip.empty());
     env.Start(std::string("worker-") + role, env.BuildPath("pdpool-agent"),
@@ -73,9 +75,10 @@ TEST(RouterDiscoveryTest, RouterServesThroughWorkersItFindsInTheCluster) {
              "--served-model-name", "chat", "--host", "127.0.0.1", "--port", std::to_string(port),
              "--auth-token-file", token_file});
   std::string body;
-  EXPECT_TRUE(TestEnv::WaitFor([&] { return Completion(port, &body) == 200; },
-                               std::chrono::seconds(60)))
-      << body << "\n" << env.ChildLogs();
+  EXPECT_TRUE(
+      TestEnv::WaitFor([&] { return Completion(port, &body) == 200; }, std::chrono::seconds(60)))
+      << body << "\n"
+      << env.ChildLogs();
   const Json response = Json::parse(body, nullptr, false);
   EXPECT_EQ(JsonGet<int>(response, "/usage/completion_tokens", -1), 6) << body;
 
@@ -84,7 +87,8 @@ TEST(RouterDiscoveryTest, RouterServesThroughWorkersItFindsInTheCluster) {
   int status = 0;
   EXPECT_TRUE(TestEnv::WaitFor([&] { return (status = Completion(port, &body)) == 503; },
                                std::chrono::seconds(60)))
-      << status << " " << body << "\n" << env.ChildLogs();
+      << status << " " << body << "\n"
+      << env.ChildLogs();
 }
 
 }  // namespace

@@ -1,12 +1,11 @@
 // TestEnv implementation.
 #include "tests/integration/test_env.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <fcntl.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -18,7 +17,6 @@
 
 #include "common/kube/http_kube_client.h"
 #include "common/kube/kubeconfig.h"
-
 
 namespace pdpool::testing {
 namespace {
@@ -151,20 +149,26 @@ ChildProcess* TestEnv::Start(const std::string& name, const std::string& binary,
 
 ChildProcess* TestEnv::StartNodes(const std::string& prefix, int count, int gpus,
                                   const std::string& clique) {
-  return Start("nodes-" + prefix, BuildPath("pdpool-agent"),
-               {"node", "--kubeconfig", kubeconfig_, "--name", prefix, "--count",
-                std::to_string(count), "--gpus", std::to_string(gpus), "--clique", clique,
-                "--heartbeat-interval", "5s"});
+  return Start(
+      "nodes-" + prefix, BuildPath("pdpool-agent"),
+      {"node", "--kubeconfig", kubeconfig_, "--name", prefix, "--count", std::to_string(count),
+       "--gpus", std::to_string(gpus), "--clique", clique, "--heartbeat-interval", "5s"});
 }
 
 ChildProcess* TestEnv::StartController(const std::string& identity,
                                        const std::vector<std::string>& extra_args) {
-  std::vector<std::string> args = {"--kubeconfig", kubeconfig_,
-                                   "--namespace", namespace_,
-                                   "--leader-election-namespace", namespace_,
-                                   "--identity", identity,
-                                   "--metrics-bind-address", "127.0.0.1",
-                                   "--metrics-port", "0"};
+  std::vector<std::string> args = {"--kubeconfig",
+                                   kubeconfig_,
+                                   "--namespace",
+                                   namespace_,
+                                   "--leader-election-namespace",
+                                   namespace_,
+                                   "--identity",
+                                   identity,
+                                   "--metrics-bind-address",
+                                   "127.0.0.1",
+                                   "--metrics-port",
+                                   "0"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   return Start("controller-" + identity, BuildPath("pdpool-controller"), args);
 }
@@ -236,7 +240,8 @@ std::string TestEnv::ConditionReason(const Json& object, const std::string& type
 std::string TestEnv::ChildLogs(size_t max_bytes_each) {
   std::string out;
   for (auto& c : children_)
-    out += "----- " + c->name() + " (" + c->log_path() + ")\n" + Tail(c->log_path(), max_bytes_each) + "\n";
+    out += "----- " + c->name() + " (" + c->log_path() + ")\n" +
+           Tail(c->log_path(), max_bytes_each) + "\n";
   return out;
 }
 

@@ -144,9 +144,9 @@ void ExpectTokenMounted(const Json& pod_template, const std::string& container) 
   for (const Json& m : (*c)["volumeMounts"])
     if (m.value("name", "") == "pool-token") mount = &m;
   ASSERT_NE(mount, nullptr) << c->dump();
-  EXPECT_EQ(*mount, (Json{{"name", "pool-token"},
-                          {"mountPath", "/var/run/pdpool/token"},
-                          {"readOnly", true}}));
+  EXPECT_EQ(
+      *mount,
+      (Json{{"name", "pool-token"}, {"mountPath", "/var/run/pdpool/token"}, {"readOnly", true}}));
   // The file the flag names is the Secret's key inside the mount.
   EXPECT_TRUE(HasArg(*c, std::string("--auth-token-file=/var/run/pdpool/token/") + kTokenKey))
       << (*c)["args"].dump();
@@ -444,16 +444,18 @@ TEST(PoolTokenSecret, OpaqueOwnedLabelledTokenUnderKeyToken) {
   const StatusOr<Json> s = BuildPoolTokenSecret(Pool(), "c0ffee");
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   EXPECT_EQ(PoolTokenSecretName("llama"), "llama-token");
-  EXPECT_EQ(*s, (Json{{"apiVersion", "v1"},
-                      {"kind", "Secret"},
-                      {"metadata",
-                       {{"name", "llama-token"},
-                        {"namespace", "serving"},
-                        {"labels",
-                         {{"app.kubernetes.io/managed-by", "pdpool"}, {"pdpool.dev/pool", "llama"}}},
-                        {"ownerReferences", Json::array({kOwnerRef})}}},
-                      {"type", "Opaque"},
-                      {"data", {{"token", "YzBmZmVl"}}}}));  // base64("c0ffee")
+  EXPECT_EQ(
+      *s,
+      (Json{
+          {"apiVersion", "v1"},
+          {"kind", "Secret"},
+          {"metadata",
+           {{"name", "llama-token"},
+            {"namespace", "serving"},
+            {"labels", {{"app.kubernetes.io/managed-by", "pdpool"}, {"pdpool.dev/pool", "llama"}}},
+            {"ownerReferences", Json::array({kOwnerRef})}}},
+          {"type", "Opaque"},
+          {"data", {{"token", "YzBmZmVl"}}}}));  // base64("c0ffee")
 }
 
 TEST(PoolTokenSecret, DataIsBase64WithPadding) {

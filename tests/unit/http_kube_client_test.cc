@@ -121,20 +121,21 @@ class TinyApiServer {
     auto state = state_;
     SetResponder([state, stream](const SeenRequest&, httplib::Response& res) {
       res.status = 200;
-      res.set_chunked_content_provider(
-          "application/json", [state, stream](size_t, httplib::DataSink& sink) {
-            for (const auto& chunk : stream.chunks) {
-              if (!sink.write(chunk.data(), chunk.size())) return false;
-            }
-            if (stream.hold) {
-              std::unique_lock lock(state->mu);
-              ++state->held;
-              state->cv.notify_all();
-              state->cv.wait(lock, [&] { return state->released; });
-            }
-            sink.done();
-            return true;
-          });
+      res.set_chunked_content_provider("application/json",
+                                       [state, stream](size_t, httplib::DataSink& sink) {
+                                         for (const auto& chunk : stream.chunks) {
+                                           if (!sink.write(chunk.data(), chunk.size()))
+                                             return false;
+                                         }
+                                         if (stream.hold) {
+                                           std::unique_lock lock(state->mu);
+                                           ++state->held;
+                                           state->cv.notify_all();
+                                           state->cv.wait(lock, [&] { return state->released; });
+                                         }
+                                         sink.done();
+                                         return true;
+                                       });
     });
   }
   // Ends every held stream (and any held later).
@@ -183,8 +184,8 @@ class TinyApiServer {
 
 // metav1.Status, as the API server answers errors.
 Json StatusBody(int code, const std::string& reason, const std::string& message) {
-  return {{"kind", "Status"},      {"apiVersion", "v1"}, {"metadata", Json::object()},
-          {"status", "Failure"},   {"message", message}, {"reason", reason},
+  return {{"kind", "Status"},    {"apiVersion", "v1"}, {"metadata", Json::object()},
+          {"status", "Failure"}, {"message", message}, {"reason", reason},
           {"code", code}};
 }
 
@@ -310,8 +311,8 @@ TEST_F(HttpKubeClientTest, NoTokenMeansNoAuthorizationHeader) {
 }
 
 TEST_F(HttpKubeClientTest, PathsForCoreGroupedNamespacedAndClusterScopedTypes) {
-  const ResourceType kClusterRoles{"rbac.authorization.k8s.io", "v1", "clusterroles",
-                                   "ClusterRole", false};
+  const ResourceType kClusterRoles{"rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole",
+                                   false};
   struct Case {
     std::function<Status()> call;
     std::string method, path;
@@ -349,8 +350,7 @@ TEST_F(HttpKubeClientTest, PathsForCoreGroupedNamespacedAndClusterScopedTypes) {
              .status();
        },
        "PATCH", "/apis/pdpool.dev/v1alpha1/namespaces/ns/inferencepools/pool/status"},
-      {[&] { return client_->Delete(kPods, "ns", "p"); }, "DELETE",
-       "/api/v1/namespaces/ns/pods/p"},
+      {[&] { return client_->Delete(kPods, "ns", "p"); }, "DELETE", "/api/v1/namespaces/ns/pods/p"},
       {[&] { return client_->Delete(kNodes, "", "n1"); }, "DELETE", "/api/v1/nodes/n1"},
   };
   for (const auto& c : cases) {
@@ -511,7 +511,8 @@ TEST_F(HttpKubeClientTest, ConnectionRefusedIsUnavailable) {
   Status s = client->Get(kPods, "ns", "p").status();
   EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
   CancelToken cancel;
-  Status w = client->Watch(kPods, "ns", {}, [](const WatchEvent&) { return true; }, &cancel);
+  Status w = client->Watch(
+      kPods, "ns", {}, [](const WatchEvent&) { return true; }, &cancel);
   EXPECT_EQ(w.code(), StatusCode::kUnavailable) << w.ToString();
 }
 

@@ -10,8 +10,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
-#include <memory>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
@@ -68,11 +68,15 @@ class HandlerLog {
  public:
   InformerHandler Handler() {
     return InformerHandler{
-        [this](const ObjectPtr& o) { Push({"add", nullptr, o}); },
+        [this](const ObjectPtr& o) {
+          Push({"add", nullptr, o});
+        },
         [this](const ObjectPtr& old_obj, const ObjectPtr& new_obj) {
           Push({"update", old_obj, new_obj});
         },
-        [this](const ObjectPtr& o) { Push({"delete", nullptr, o}); },
+        [this](const ObjectPtr& o) {
+          Push({"delete", nullptr, o});
+        },
     };
   }
 
@@ -147,8 +151,7 @@ class WatchRecordingClient final : public KubeClient {
   StatusOr<Json> Get(const ResourceType& t, std::string_view ns, std::string_view n) override {
     return fake_->Get(t, ns, n);
   }
-  StatusOr<Json> List(const ResourceType& t, std::string_view ns,
-                      const ListOptions& o) override {
+  StatusOr<Json> List(const ResourceType& t, std::string_view ns, const ListOptions& o) override {
     return fake_->List(t, ns, o);
   }
   StatusOr<Json> Create(const ResourceType& t, std::string_view ns, const Json& obj) override {
@@ -160,8 +163,8 @@ class WatchRecordingClient final : public KubeClient {
   StatusOr<Json> UpdateStatus(const ResourceType& t, const Json& obj) override {
     return fake_->UpdateStatus(t, obj);
   }
-  StatusOr<Json> Patch(const ResourceType& t, std::string_view ns, std::string_view n,
-                       PatchType pt, const Json& p, const PatchOptions& o) override {
+  StatusOr<Json> Patch(const ResourceType& t, std::string_view ns, std::string_view n, PatchType pt,
+                       const Json& p, const PatchOptions& o) override {
     return fake_->Patch(t, ns, n, pt, p, o);
   }
   Status Delete(const ResourceType& t, std::string_view ns, std::string_view n,
@@ -396,10 +399,10 @@ TEST(InformerTest, IndexFollowsAddsUpdatesAndDeletes) {
 
   // Losing the label takes it out of every bucket.
   ASSERT_TRUE(client.Upsert(kPods, Pod("c")).ok());
-  ASSERT_EQ(log.WaitFor([](const HandlerCall& c) {
-                 return c.kind == "update" && Name(c.new_obj) == "c";
-               }).kind,
-            "update");
+  ASSERT_EQ(
+      log.WaitFor([](const HandlerCall& c) { return c.kind == "update" && Name(c.new_obj) == "c"; })
+          .kind,
+      "update");
   EXPECT_EQ(Names(informer.ByIndex("app", "y")), (std::set<std::string>{"a"}));
 
   ASSERT_TRUE(client.Delete(kPods, "ns", "b").ok());
@@ -479,10 +482,10 @@ TEST(InformerTest, BookmarkAdvancesTheVersionTheNextWatchResumesFrom) {
 
   // Writes to other types move the server's version on; this watch sees no event for them,
   // only the bookmark.
-  ASSERT_TRUE(fake.Upsert(kConfigMaps, Json{{"metadata", {{"name", "cm"}, {"namespace", "ns"}}}})
-                  .ok());
-  ASSERT_TRUE(fake.Upsert(kConfigMaps, Json{{"metadata", {{"name", "cm2"}, {"namespace", "ns"}}}})
-                  .ok());
+  ASSERT_TRUE(
+      fake.Upsert(kConfigMaps, Json{{"metadata", {{"name", "cm"}, {"namespace", "ns"}}}}).ok());
+  ASSERT_TRUE(
+      fake.Upsert(kConfigMaps, Json{{"metadata", {{"name", "cm2"}, {"namespace", "ns"}}}}).ok());
   const std::string bookmark_rv = std::to_string(fake.CurrentResourceVersion());
   ASSERT_NE(bookmark_rv, listed_rv);
   fake.SendBookmark();

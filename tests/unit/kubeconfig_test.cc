@@ -19,8 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string Base64(const std::string& in) {
-  static const char* kAlphabet =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string out;
   size_t i = 0;
   for (; i + 2 < in.size(); i += 3) {
@@ -98,7 +97,8 @@ clusters:
 - name: local
   cluster:
     server: https://127.0.0.1:6443
-    certificate-authority-data: )" + Base64(kCaPem) + R"(
+    certificate-authority-data: )" + Base64(kCaPem) +
+                                         R"(
 contexts:
 - name: local
   context: {cluster: local, user: admin, namespace: team-a}
@@ -156,8 +156,10 @@ contexts:
 users:
 - name: admin
   user:
-    client-certificate-data: )" + Base64(kCertPem) + R"(
-    client-key-data: )" + Base64(kKeyPem) + R"(
+    client-certificate-data: )" + Base64(kCertPem) +
+                                         R"(
+    client-key-data: )" + Base64(kKeyPem) +
+                                         R"(
     tokenFile: )" + token_file + R"(
 )");
   auto config = LoadKubeConfigFile(path);
@@ -242,8 +244,7 @@ TEST_F(KubeConfigTest, MissingFileIsNotFoundNamingThePath) {
   auto config = LoadKubeConfigFile(path);
   ASSERT_FALSE(config.ok());
   EXPECT_EQ(config.status().code(), StatusCode::kNotFound);
-  EXPECT_NE(config.status().message().find(path), std::string::npos)
-      << config.status().ToString();
+  EXPECT_NE(config.status().message().find(path), std::string::npos) << config.status().ToString();
 }
 
 TEST_F(KubeConfigTest, MissingCertificateFileIsAnErrorNamingTheField) {
@@ -323,10 +324,13 @@ TEST_F(KubeConfigTest, InClusterWithoutServiceEnvironmentOrTokenIsNotFound) {
 
 TEST_F(KubeConfigTest, LoadKubeConfigPrefersTheExplicitPathThenKUBECONFIG) {
   auto config_for = [&](const std::string& file, const std::string& server) {
-    return Write(file, "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
-                       "clusters:\n- name: c\n  cluster: {server: \"" + server + "\"}\n"
-                       "contexts:\n- name: c\n  context: {cluster: c, user: u}\n"
-                       "users:\n- name: u\n  user: {token: t}\n");
+    return Write(file,
+                 "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+                 "clusters:\n- name: c\n  cluster: {server: \"" +
+                     server +
+                     "\"}\n"
+                     "contexts:\n- name: c\n  context: {cluster: c, user: u}\n"
+                     "users:\n- name: u\n  user: {token: t}\n");
   };
   std::string explicit_path = config_for("explicit", "https://explicit:6443");
   std::string first = config_for("first", "https://first:6443");

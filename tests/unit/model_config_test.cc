@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <string>
 #include <vector>
 
@@ -221,6 +223,23 @@ TEST(ModelConfigTest, ResolveModelConfigFromFlags) {
   EXPECT_NE(missing.status().message().find("/nonexistent/pdpool/weights"), std::string::npos)
       << missing.status().message();
   EXPECT_FALSE(ResolveModelConfig("llama-9", "dummy").ok());
+}
+
+TEST(ModelConfigTest, ExplicitShapeFromAConfigFile) {
+  const std::string path = ::testing::TempDir() + "/pdpool-explicit-shape.json";
+  ModelConfig shape = *ModelConfigFromPreset("test-tiny");
+  shape.num_layers = 3;
+  shape.hidden_size = 96;
+  shape.num_heads = 6;
+  std::ofstream(path) << ModelConfigToHfConfig(shape).dump();
+  StatusOr<ModelConfig> c = ResolveModelConfig(path, "dummy:1");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->num_layers, 3);
+  EXPECT_EQ(c->hidden_size, 96);
+  std::ofstream(path) << "{not json";
+  StatusOr<ModelConfig> bad = ResolveModelConfig(path, "dummy:1");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find(path), std::string::npos);
 }
 
 TEST(ByteTokenizerTest, RoundTripsBytesAndDropsSpecialIds) {

@@ -58,20 +58,21 @@ Json Node(const std::string& name, const std::string& domain) {
 
 // A valid pool (see deploy/samples/): `prefill` and `decode` replicas of `gpus` GPUs each.
 Json PoolObject(int prefill, int decode, int gpus = 2, const std::string& name = kPool) {
-  return {{"apiVersion", "pdpool.dev/v1alpha1"},
-          {"kind", "InferencePool"},
-          {"metadata", {{"name", name}, {"namespace", kNs}, {"uid", "ignored"}, {"generation", 1}}},
-          {"spec",
-           {{"model",
-             {{"name", "test-tiny"}, {"preset", "test-tiny"}, {"source", {{"dummy", {{"seed", 1}}}}}}},
-            {"image", "pdpool/agent:v1"},
-            {"backend", "sim"},
-            {"prefill",
-             {{"replicas", prefill}, {"gpusPerReplica", gpus}, {"minReplicas", 0}, {"maxReplicas", 8}}},
-            {"decode",
-             {{"replicas", decode}, {"gpusPerReplica", gpus}, {"minReplicas", 0}, {"maxReplicas", 8}}},
-            {"router", {{"replicas", 1}}},
-            {"topology", {{"key", kClique}, {"policy", "Required"}}}}}};
+  return {
+      {"apiVersion", "pdpool.dev/v1alpha1"},
+      {"kind", "InferencePool"},
+      {"metadata", {{"name", name}, {"namespace", kNs}, {"uid", "ignored"}, {"generation", 1}}},
+      {"spec",
+       {{"model",
+         {{"name", "test-tiny"}, {"preset", "test-tiny"}, {"source", {{"dummy", {{"seed", 1}}}}}}},
+        {"image", "pdpool/agent:v1"},
+        {"backend", "sim"},
+        {"prefill",
+         {{"replicas", prefill}, {"gpusPerReplica", gpus}, {"minReplicas", 0}, {"maxReplicas", 8}}},
+        {"decode",
+         {{"replicas", decode}, {"gpusPerReplica", gpus}, {"minReplicas", 0}, {"maxReplicas", 8}}},
+        {"router", {{"replicas", 1}}},
+        {"topology", {{"key", kClique}, {"policy", "Required"}}}}}};
 }
 
 std::string Str(const Json& obj, const char* pointer) {
@@ -140,13 +141,12 @@ Json SecretObject(const std::string& name, const std::string& token, const std::
     secret["metadata"]["labels"] = {{"app.kubernetes.io/managed-by", "pdpool"},
                                     {"pdpool.dev/pool", kPool}};
   if (!owner_uid.empty())
-    secret["metadata"]["ownerReferences"] =
-        Json::array({{{"apiVersion", "pdpool.dev/v1alpha1"},
-                      {"kind", "InferencePool"},
-                      {"name", kPool},
-                      {"uid", owner_uid},
-                      {"controller", true},
-                      {"blockOwnerDeletion", true}}});
+    secret["metadata"]["ownerReferences"] = Json::array({{{"apiVersion", "pdpool.dev/v1alpha1"},
+                                                          {"kind", "InferencePool"},
+                                                          {"name", kPool},
+                                                          {"uid", owner_uid},
+                                                          {"controller", true},
+                                                          {"blockOwnerDeletion", true}}});
   return secret;
 }
 
@@ -190,8 +190,10 @@ class PoolReconcilerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     // Two NVLink domains: nvl-a with 2 nodes (8 GPUs), nvl-b with 4 nodes (16 GPUs).
-    for (int i = 0; i < 2; ++i) ASSERT_TRUE(client_.Upsert(kNodes, Node("a-" + std::to_string(i), "nvl-a")).ok());
-    for (int i = 0; i < 4; ++i) ASSERT_TRUE(client_.Upsert(kNodes, Node("b-" + std::to_string(i), "nvl-b")).ok());
+    for (int i = 0; i < 2; ++i)
+      ASSERT_TRUE(client_.Upsert(kNodes, Node("a-" + std::to_string(i), "nvl-a")).ok());
+    for (int i = 0; i < 4; ++i)
+      ASSERT_TRUE(client_.Upsert(kNodes, Node("b-" + std::to_string(i), "nvl-b")).ok());
 
     replica_sets_.AddIndex(kPoolIndex, PoolIndexValues);
     for (const Cache& cache : Caches()) {
@@ -214,9 +216,12 @@ class PoolReconcilerTest : public ::testing::Test {
     std::string label_selector;
   };
   std::vector<Cache> Caches() {
-    return {{&pools_, &kInferencePools, ""}, {&replica_sets_, &kReplicaSets, ""},
-            {&deployments_, &kDeployments, ""}, {&services_, &kServices, ""},
-            {&pods_, &kPods, ""}, {&nodes_, &kNodes, ""},
+    return {{&pools_, &kInferencePools, ""},
+            {&replica_sets_, &kReplicaSets, ""},
+            {&deployments_, &kDeployments, ""},
+            {&services_, &kServices, ""},
+            {&pods_, &kPods, ""},
+            {&nodes_, &kNodes, ""},
             {&secrets_, &kSecrets, kTokenSecretSelector}};
   }
   static kube::InformerOptions TokenSecretOptions() {
@@ -237,8 +242,8 @@ class PoolReconcilerTest : public ::testing::Test {
       if (informer->Size() != items.size()) return false;
       for (const Json& item : items) {
         kube::ObjectPtr cached = informer->Get(kube::ObjectKey(item));
-        if (!cached || Str(*cached, "/metadata/resourceVersion") !=
-                           Str(item, "/metadata/resourceVersion"))
+        if (!cached ||
+            Str(*cached, "/metadata/resourceVersion") != Str(item, "/metadata/resourceVersion"))
           return false;
       }
     }
@@ -304,7 +309,8 @@ class PoolReconcilerTest : public ::testing::Test {
   void SetReplicaSetStatus(const std::string& name, int replicas, int ready) {
     auto rs = client_.Get(kReplicaSets, kNs, name);
     ASSERT_TRUE(rs.ok()) << rs.status().ToString();
-    (*rs)["status"] = {{"replicas", replicas}, {"readyReplicas", ready}, {"availableReplicas", ready}};
+    (*rs)["status"] = {
+        {"replicas", replicas}, {"readyReplicas", ready}, {"availableReplicas", ready}};
     ASSERT_TRUE(client_.Upsert(kReplicaSets, *rs).ok());
   }
   void SetRouterReady() {
@@ -352,10 +358,10 @@ class PoolReconcilerTest : public ::testing::Test {
   Informer nodes_{&client_, kNodes};
   Informer secrets_{&client_, kSecrets, TokenSecretOptions()};
   kube::EventRecorder events_{&client_, "pdpool-controller", &clock_};
-  PoolReconciler reconciler_{&client_,
-                             ClusterCaches{&pools_, &replica_sets_, &deployments_, &services_,
-                                           &pods_, &nodes_, &secrets_},
-                             &events_, &clock_};
+  PoolReconciler reconciler_{
+      &client_,
+      ClusterCaches{&pools_, &replica_sets_, &deployments_, &services_, &pods_, &nodes_, &secrets_},
+      &events_, &clock_};
   ChangeNotifier notifier_;
   kube::CancelToken cancel_;
   std::vector<std::future<void>> runs_;
@@ -582,8 +588,8 @@ TEST_F(PoolReconcilerTest, ImageChangeRollsOutANewRevisionAndKeepsTheOldUntilItI
 
 TEST_F(PoolReconcilerTest, InvalidSpecWritesOnlyStatusNamingTheField) {
   Json invalid = PoolObject(2, 1);
-  invalid["spec"]["prefill"] = {{"replicas", 2}, {"gpusPerReplica", 1}, {"minReplicas", 3},
-                                {"maxReplicas", 2}};
+  invalid["spec"]["prefill"] = {
+      {"replicas", 2}, {"gpusPerReplica", 1}, {"minReplicas", 3}, {"maxReplicas", 2}};
   const Json seeded = Seed(invalid);
 
   ReconcileResult r = ReconcileOk();
@@ -682,8 +688,7 @@ TEST_F(PoolReconcilerTest, StatusWriteFailureIsReturnedSoTheQueueRetries) {
   client_.FailNext("Patch", Status::Unavailable("connection refused"), &kInferencePools);
   ReconcileResult r = reconciler_.Reconcile(kKey);
   EXPECT_FALSE(r.status.ok());
-  EXPECT_FALSE(GetPool().contains("status") &&
-               GetPool()["status"].contains("observedGeneration"));
+  EXPECT_FALSE(GetPool().contains("status") && GetPool()["status"].contains("observedGeneration"));
 
   WaitForCaches();
   ReconcileOk();
@@ -785,8 +790,8 @@ TEST_F(PoolReconcilerTest, CreatesTheTokenSecretOnceBeforeAnyWorker) {
 
 TEST_F(PoolReconcilerTest, ExistingTokenIsNeverChanged) {
   const Json seeded = Seed(PoolObject(1, 1));
-  auto stored = client_.Upsert(
-      kSecrets, SecretObject("llama-token", "token-from-before", Str(seeded, "/metadata/uid"), true));
+  auto stored = client_.Upsert(kSecrets, SecretObject("llama-token", "token-from-before",
+                                                      Str(seeded, "/metadata/uid"), true));
   ASSERT_TRUE(stored.ok()) << stored.status().ToString();
   WaitForCaches();
   const std::string rv = Str(*stored, "/metadata/resourceVersion");
@@ -811,9 +816,11 @@ TEST_F(PoolReconcilerTest, OwnSecretNotYetInTheCacheIsUsedNotReplaced) {
   // Ours, but without the label the cache selects on (as when the cache lags a Create): the
   // refused Create is followed by one GET, and the Secret stays as it is.
   const Json seeded = Seed(PoolObject(1, 1));
-  ASSERT_TRUE(client_.Upsert(kSecrets, SecretObject("llama-token", "ours", Str(seeded, "/metadata/uid"),
-                                                    /*labelled=*/false))
-                  .ok());
+  ASSERT_TRUE(
+      client_
+          .Upsert(kSecrets, SecretObject("llama-token", "ours", Str(seeded, "/metadata/uid"),
+                                         /*labelled=*/false))
+          .ok());
   WaitForCaches();
   client_.ResetCallCounts();
   ReconcileOk();
