@@ -4,7 +4,7 @@ BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CTEST_ARGS ?=
 
-.PHONY: all deps build test unit-test integration-test format bench demo demo-down cluster-up cluster-down clean
+.PHONY: all deps build test unit-test agent-test integration-test format bench demo demo-down cluster-up cluster-down clean
 
 all: build
 
@@ -24,6 +24,9 @@ test: deps build
 unit-test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -L unit $(CTEST_ARGS)
 
+agent-test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -L agent $(CTEST_ARGS)
+
 integration-test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -L integration $(CTEST_ARGS)
 
@@ -32,6 +35,7 @@ format:
 
 bench: deps build
 	bash bench/controller_scale.sh
+	$(BUILD_DIR)/router_overhead
 
 cluster-up: deps
 	bash deploy/local/cluster.sh up
