@@ -137,7 +137,8 @@ GenerationFlow::Outcome GenerationFlow::StreamDisaggregated(const TokenSink& on_
   reservation_.reset();  // from here the decode worker owns it (closing the stream frees it)
   bool overrun = false;
   auto result = decode_->client().Decode(
-      reservation_id, first_token_, request_.max_tokens, request_.sampling, request_.ignore_eos,
+      reservation_id, first_token_, request_.prompt_token_ids, request_.max_tokens,
+      request_.sampling, request_.ignore_eos,
       [&](int32_t token) {
         if (aborted()) return false;
         if (out.tokens >= request_.max_tokens) {  // the worker should have stopped: stop it

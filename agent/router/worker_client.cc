@@ -305,10 +305,12 @@ StatusOr<PrefillReply> WorkerClient::Prefill(std::string_view request_id,
 }
 
 WorkerClient::StreamResult WorkerClient::Decode(int64_t reservation_id, int32_t first_token,
+                                                const std::vector<int32_t>& prompt_token_ids,
                                                 int max_tokens, const RequestSampling& sampling,
                                                 bool ignore_eos, const TokenCallback& on_token) {
   Json req = {{"reservation_id", reservation_id},
               {"first_token", first_token},
+              {"prompt_token_ids", prompt_token_ids},
               {"max_tokens", max_tokens},
               {"sampling", SamplingJson(sampling)},
               {"ignore_eos", ignore_eos}};

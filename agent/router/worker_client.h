@@ -100,8 +100,10 @@ class WorkerClient {
     bool cancelled = false;     // the callback stopped it
     int tokens = 0;             // tokens delivered to the callback
   };
-  // POST kDecodePath: the tokens after the first.
-  StreamResult Decode(int64_t reservation_id, int32_t first_token, int max_tokens,
+  // POST kDecodePath: the tokens after the first. The prompt lets the decode worker recompute
+  // the sequence if it ever has to preempt it for lack of KV blocks.
+  StreamResult Decode(int64_t reservation_id, int32_t first_token,
+                      const std::vector<int32_t>& prompt_token_ids, int max_tokens,
                       const RequestSampling& sampling, bool ignore_eos,
                       const TokenCallback& on_token);
   // POST kGeneratePath (aggregated): every token, the first included.

@@ -22,7 +22,9 @@
 //        router releases it too, reserves again and retries on another prefill worker).
 //   3. POST kDecodePath to the same decode worker
 //        {"reservation_id": 7, "first_token": 1234, "max_tokens": 16,
-//         "sampling": {...}, "ignore_eos": false}
+//         "prompt_token_ids": [...], "sampling": {...}, "ignore_eos": false}
+//      (prompt_token_ids is optional: with it the decode worker can recompute the sequence if
+//      it must preempt it for lack of KV blocks; without it such a sequence fails.)
 //      → 200, chunked NDJSON, one line per generated token after the first:
 //        {"token": 42}\n ... then a last line {"finish_reason": "length"|"stop"}\n
 //        or {"error": "..."}\n if the sequence fails. Closing the connection cancels it.

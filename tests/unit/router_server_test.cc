@@ -392,7 +392,7 @@ TEST(RouterWorkerClientTest, ReserveBusyAndDecodeStream) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->kv_address, w.kv_address());
   std::vector<int32_t> got;
-  auto result = client.Decode(r->reservation_id, 'a', 4, {}, false, [&](int32_t t) {
+  auto result = client.Decode(r->reservation_id, 'a', {}, 4, {}, false, [&](int32_t t) {
     got.push_back(t);
     return true;
   });
@@ -400,7 +400,7 @@ TEST(RouterWorkerClientTest, ReserveBusyAndDecodeStream) {
   EXPECT_EQ(result.finish_reason, "length");
   EXPECT_EQ(got, (std::vector<int32_t>{'b', 'c', 'a'}));
   // The reservation was claimed: decoding it again is the worker's 4xx.
-  auto again = client.Decode(r->reservation_id, 'a', 4, {}, false, [](int32_t) { return true; });
+  auto again = client.Decode(r->reservation_id, 'a', {}, 4, {}, false, [](int32_t) { return true; });
   EXPECT_EQ(again.status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(client.connections_opened(), 1);
 }

@@ -257,6 +257,39 @@ TEST(SchedulerTest, ReservationsExpireOnTheClockAndAreClaimedByDecode) {
             StatusCode::kUnavailable);
 }
 
+// A decode sequence whose prompt KV came from a prefill worker: when blocks run out it can be
+// recomputed only if the router sent the prompt along; otherwise it fails, clearly.
+TEST(SchedulerTest, PreemptedImportedSequenceRecomputesOnlyWithItsPrompt) {
+  for (bool with_prompt : {true, false}) {
+    SchedulerConfig c;
+    c.block_size = 4;
+    Harness h(6, c);
+    ASSERT_TRUE(h.scheduler->Add(Req(1, 4, 12)).ok());  // older: grows to 16 tokens
+    ASSERT_TRUE(h.RunStep());
+    auto r = h.scheduler->Reserve(4, std::chrono::seconds(30));
+    ASSERT_TRUE(r.ok());
+    ASSERT_TRUE(h.scheduler->MarkReservationFilled(r->id).ok());
+    SequenceRequest decode;
+    decode.id = 2;
+    decode.reservation_id = r->id;
+    decode.first_token = 9;
+    decode.max_new_tokens = 12;
+    if (with_prompt) decode.prompt = Req(2, 4, 1).prompt;
+    ASSERT_TRUE(h.scheduler->Add(decode).ok());
+    h.RunAll();
+    EXPECT_GT(h.scheduler->preemptions(), 0);
+    EXPECT_EQ(h.tokens[1].size(), 12u);
+    EXPECT_EQ(h.finished[1], FinishReason::kLength);
+    if (with_prompt) {
+      EXPECT_EQ(h.finished[2], FinishReason::kLength);
+      EXPECT_EQ(h.tokens[2].size(), 11u);  // + the first token from the prefill worker
+    } else {
+      EXPECT_EQ(h.finished[2], FinishReason::kError);
+    }
+    EXPECT_EQ(h.allocator->free_blocks(), 6);
+  }
+}
+
 TEST(KvBlockAllocatorTest, AllOrNothingWithAccounting) {
   KvBlockAllocator a(4);
   auto two = a.Allocate(2);
