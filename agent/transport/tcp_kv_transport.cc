@@ -157,20 +157,70 @@ Status SendReply(int fd, const Status& status, std::chrono::milliseconds idle) {
 
 }  // namespace
 
+TcpKvSender::~TcpKvSender() {
+  for (auto& [address, fds] : idle_) {
+    for (int fd : fds) ::close(fd);
+  }
+}
+
+int TcpKvSender::TakeIdle(const std::string& address) {
+  std::lock_guard lock(mu_);
+  auto it = idle_.find(address);
+  while (it != idle_.end() && !it->second.empty()) {
+    const int fd = it->second.back();
+    it->second.pop_back();
+    // A pooled connection the receiver closed reads as EOF at once: drop it.
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 0) == 0) return fd;
+    ::close(fd);
+  }
+  return -1;
+}
+
+void TcpKvSender::GiveBack(const std::string& address, int fd) {
+  std::lock_guard lock(mu_);
+  std::vector<int>& fds = idle_[address];
+  if (static_cast<int>(fds.size()) >= options_.max_idle_per_peer) {
+    ::close(fd);
+    return;
+  }
+  fds.push_back(fd);
+}
+
 StatusOr<KvTransferStats> TcpKvSender::Send(const KvDestination& destination, int32_t num_tokens,
                                             int32_t block_size, const KvBlockReader& read) {
   if (num_tokens < 1 || block_size < 1) {
     return Status::InvalidArgument("nothing to send: " + std::to_string(num_tokens) + " tokens");
   }
+  // A pooled connection first; if the receiver had closed it before reading anything (no
+  // reply at all), the transfer never began there: once more on a fresh connection.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    int fd = attempt == 0 ? TakeIdle(destination.address) : -1;
+    const bool reused = fd >= 0;
+    if (!reused) {
+      auto fd_or = Connect(destination.address, options_.io_timeout);
+      if (!fd_or.ok()) return fd_or.status();
+      fd = *fd_or;
+      ++connections_opened_;
+    }
+    bool reply_seen = false;
+    auto stats = Transfer(fd, destination, num_tokens, block_size, read, &reply_seen);
+    if (stats.ok()) {
+      GiveBack(destination.address, fd);
+      return stats;
+    }
+    ::close(fd);
+    if (!reused || reply_seen) return stats;
+  }
+  return Status::Internal("unreachable");
+}
+
+StatusOr<KvTransferStats> TcpKvSender::Transfer(int fd, const KvDestination& destination,
+                                                int32_t num_tokens, int32_t block_size,
+                                                const KvBlockReader& read, bool* reply_seen) {
   const auto started = std::chrono::steady_clock::now();
   const SteadyTime deadline = started + options_.transfer_timeout;
-  auto fd_or = Connect(destination.address, options_.io_timeout);
-  if (!fd_or.ok()) return fd_or.status();
-  const int fd = *fd_or;
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+  *reply_seen = false;
 
   const int32_t num_blocks = (num_tokens + block_size - 1) / block_size;
   std::string frame;
@@ -205,6 +255,7 @@ StatusOr<KvTransferStats> TcpKvSender::Send(const KvDestination& destination, in
   // reply even after a write error, it says why.
   char head[3];
   Status r = ReadAll(fd, head, 3, options_.io_timeout, deadline);
+  *reply_seen = r.ok();
   if (!r.ok())
     return s.ok() ? Status::Unavailable("no reply from KV receiver " + destination.address + ": " +
                                         r.message())
@@ -304,25 +355,36 @@ void TcpKvReceiver::AcceptLoop() {
 }
 
 void TcpKvReceiver::Serve(int fd) {
+  // Senders keep connections open between transfers; one transfer after another until the
+  // sender closes, an idle connection times out, or a transfer fails.
+  bool first = true;
+  while (!stopping_ && ServeOne(fd, first)) first = false;
+}
+
+bool TcpKvReceiver::ServeOne(int fd, bool first) {
   const auto idle = options_.io_timeout;
-  const SteadyTime deadline = std::chrono::steady_clock::now() + options_.transfer_timeout;
+  // Between transfers, wait as long as a pooled connection may stay idle.
+  const auto hello_wait = first ? idle : options_.keepalive_idle;
   char head[8];
-  if (!ReadAll(fd, head, 8, idle, deadline).ok()) return;  // not even a hello: nothing to undo
+  if (!ReadAll(fd, head, 8, hello_wait, std::chrono::steady_clock::now() + hello_wait).ok()) {
+    return false;  // closed or idle: nothing to undo
+  }
+  const SteadyTime deadline = std::chrono::steady_clock::now() + options_.transfer_timeout;
   if (std::memcmp(head, kMagic, 4) != 0 || Get<uint16_t>(head + 4) != kVersion) {
     (void)SendReply(fd, Status::InvalidArgument("not a pdpool KV transfer (bad magic/version)"),
                     idle);
-    return;
+    return false;
   }
   std::string token(Get<uint16_t>(head + 6), '\0');
   char rest[16];
   if (!ReadAll(fd, token.data(), token.size(), idle, deadline).ok() ||
       !ReadAll(fd, rest, 16, idle, deadline).ok()) {
-    return;
+    return false;
   }
   if (!ConstantTimeEquals(token, options_.token)) {
     LogWarn("KV transfer refused: bad token");
     (void)SendReply(fd, Status::Unauthorized("bad pool token"), idle);
-    return;
+    return false;
   }
   const uint64_t reservation = Get<uint64_t>(rest);
   const int32_t num_tokens = static_cast<int32_t>(Get<uint32_t>(rest + 8));
@@ -330,12 +392,12 @@ void TcpKvReceiver::Serve(int fd) {
   if (num_blocks == 0 || num_blocks > kMaxBlocks) {
     (void)SendReply(fd, Status::InvalidArgument("bad block count " + std::to_string(num_blocks)),
                     idle);
-    return;
+    return false;
   }
   Status s = sink_->Begin(reservation, num_tokens, static_cast<int32_t>(num_blocks));
   if (!s.ok()) {
     (void)SendReply(fd, s, idle);
-    return;
+    return false;
   }
   std::string payload;
   for (uint32_t i = 0; s.ok() && i < num_blocks; ++i) {
@@ -365,7 +427,8 @@ void TcpKvReceiver::Serve(int fd) {
     sink_->Abort(reservation, s);
     LogWarn("KV transfer failed", {{"reservation", reservation}, {"error", s.ToString()}});
   }
-  (void)SendReply(fd, s, idle);
+  const bool replied = SendReply(fd, s, idle).ok();
+  return replied && s.ok();
 }
 
 }  // namespace pdpool::agent

@@ -4,6 +4,9 @@
 //   hello:  "PDKV" u16 version=1 u16 token_len token u64 reservation u32 num_tokens u32 num_blocks
 //   block:  u32 index u32 tokens u32 payload_len u32 crc32c(payload) payload     (num_blocks ×)
 //   reply:  u8 status (0 ok) u16 message_len message         (after the last block, or on error)
+// A connection carries one transfer after another: senders keep a few idle connections per
+// receiver (no connect + accept + thread per request), receivers close them after
+// keepalive_idle without a transfer.
 // TcpKvSender is thread-safe; TcpKvReceiver serves each connection on its own thread.
 #pragma once
 
@@ -14,6 +17,8 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
+#include <vector>
 
 #include "agent/transport/kv_transport.h"
 
@@ -23,6 +28,8 @@ struct TcpKvOptions {
   std::string token;                                    // the pool's shared secret
   std::chrono::milliseconds io_timeout{10'000};         // longest wait for any read or write
   std::chrono::milliseconds transfer_timeout{120'000};  // whole transfer
+  std::chrono::milliseconds keepalive_idle{60'000};     // receiver: idle connection lifetime
+  int max_idle_per_peer = 16;                           // sender: pooled connections per peer
   // Fault injection for tests of broken transfers: the sender sleeps this long before each block.
   std::chrono::milliseconds fault_delay_per_block{0};
 };
@@ -30,11 +37,24 @@ struct TcpKvOptions {
 class TcpKvSender final : public KvSender {
  public:
   explicit TcpKvSender(TcpKvOptions options) : options_(std::move(options)) {}
+  ~TcpKvSender() override;
   StatusOr<KvTransferStats> Send(const KvDestination& destination, int32_t num_tokens,
                                  int32_t block_size, const KvBlockReader& read) override;
+  // Connections opened so far (tests: pooled connections are reused).
+  int connections_opened() const { return connections_opened_.load(); }
 
  private:
+  // One transfer on `fd`; *reply_seen tells whether the receiver answered at all.
+  StatusOr<KvTransferStats> Transfer(int fd, const KvDestination& destination, int32_t num_tokens,
+                                     int32_t block_size, const KvBlockReader& read,
+                                     bool* reply_seen);
+  int TakeIdle(const std::string& address);
+  void GiveBack(const std::string& address, int fd);
+
   TcpKvOptions options_;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::vector<int>> idle_;
+  std::atomic<int> connections_opened_{0};
 };
 
 class TcpKvReceiver {
@@ -50,6 +70,8 @@ class TcpKvReceiver {
  private:
   void AcceptLoop();
   void Serve(int fd);
+  // One transfer; false when the connection should close.
+  bool ServeOne(int fd, bool first);
 
   TcpKvOptions options_;
   KvSink* sink_;

@@ -102,6 +102,26 @@ TEST(TcpKvTransportTest, StreamsEveryBlockAndCommits) {
   EXPECT_EQ(sink.block_tokens[2], 5);
 }
 
+TEST(TcpKvTransportTest, ConnectionsArePooledAndStaleOnesReplaced) {
+  RecordingSink sink;
+  auto receiver = std::make_unique<TcpKvReceiver>(Options(), &sink);
+  ASSERT_TRUE(receiver->Start("127.0.0.1", 0).ok());
+  const int port = receiver->port();
+  TcpKvSender sender(Options());
+  for (int i = 0; i < 3; ++i) {
+    auto stats = sender.Send(To(port), 20, 16, Blocks());
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  }
+  EXPECT_EQ(sender.connections_opened(), 1);
+  // The receiver restarts: the pooled connection is dead; the next transfer still goes through.
+  receiver->Stop();
+  receiver = std::make_unique<TcpKvReceiver>(Options(), &sink);
+  ASSERT_TRUE(receiver->Start("127.0.0.1", port).ok());
+  auto stats = sender.Send(To(port), 20, 16, Blocks());
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(sender.connections_opened(), 2);
+}
+
 TEST(TcpKvTransportTest, WrongTokenIsRefusedBeforeTheSinkIsTouched) {
   RecordingSink sink;
   TcpKvReceiver receiver(Options(), &sink);
