@@ -2,9 +2,7 @@
 // builds the real dependencies (kubeconfig, HTTP client, clock, pod runner) and runs the mode
 // until SIGTERM/SIGINT.
 #include <CLI/CLI.hpp>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "agent/node/node_agent.h"
@@ -20,21 +18,6 @@
 namespace {
 
 using namespace pdpool;
-
-// Blocks until SIGTERM or SIGINT (a second one exits at once, see common/signals.h).
-void WaitForTerminationSignal() {
-  // Static: the signal thread outlives this call.
-  static std::mutex mu;
-  static std::condition_variable cv;
-  static bool signalled = false;
-  OnTerminationSignal([] {
-    std::lock_guard lock(mu);
-    signalled = true;
-    cv.notify_all();
-  });
-  std::unique_lock lock(mu);
-  cv.wait(lock, [] { return signalled; });
-}
 
 // `pdpool-agent node`.
 struct NodeCommand {

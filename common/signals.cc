@@ -1,8 +1,10 @@
 // Termination signal handling.
 #include "common/signals.h"
 
+#include <condition_variable>
 #include <csignal>
 #include <cstdlib>
+#include <mutex>
 
 #include "common/log.h"
 
@@ -34,6 +36,23 @@ void OnTerminationSignal(std::function<void()> on_signal) {
     LogWarn("second signal, exiting now");
     std::_Exit(1);
   }).detach();
+}
+
+void WaitForTerminationSignal() {
+  struct Waiter {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool signalled = false;
+  };
+  // Leaked on purpose: the signal thread may outlive this call.
+  static Waiter* waiter = new Waiter;
+  OnTerminationSignal([] {
+    std::lock_guard lock(waiter->mu);
+    waiter->signalled = true;
+    waiter->cv.notify_all();
+  });
+  std::unique_lock lock(waiter->mu);
+  waiter->cv.wait(lock, [] { return waiter->signalled; });
 }
 
 }  // namespace pdpool

@@ -12,5 +12,8 @@ void BlockTerminationSignals();
 // Starts a detached thread that waits for SIGTERM/SIGINT and calls on_signal (once; a second
 // signal exits the process at once, as users expect of Ctrl-C twice).
 void OnTerminationSignal(std::function<void()> on_signal);
+// Blocks the calling thread until SIGTERM or SIGINT (a signal that arrived earlier, while the
+// signals were blocked, counts). Call once per process.
+void WaitForTerminationSignal();
 
 }  // namespace pdpool

@@ -2,12 +2,8 @@
 #include "agent/router/router_command.h"
 
 #include <CLI/CLI.hpp>
-#include <condition_variable>
 #include <cstdlib>
-#include <fstream>
 #include <memory>
-#include <mutex>
-#include <sstream>
 
 #include "agent/router/router_metrics.h"
 #include "agent/router/router_server.h"
@@ -17,46 +13,14 @@
 #include "common/kube/http_kube_client.h"
 #include "common/kube/kubeconfig.h"
 #include "common/log.h"
+#include "common/secret_file.h"
 #include "common/signals.h"
 
 namespace pdpool::agent {
 namespace {
 
-// The file's contents without surrounding whitespace (Secrets often end in a newline).
-StatusOr<std::string> ReadTrimmed(const std::string& path, const char* flag) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status::InvalidArgument(std::string(flag) + ": cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string s = ss.str();
-  const char* ws = " \t\r\n";
-  size_t b = s.find_first_not_of(ws);
-  if (b == std::string::npos)
-    return Status::InvalidArgument(std::string(flag) + ": " + path + " is empty");
-  size_t e = s.find_last_not_of(ws);
-  return s.substr(b, e - b + 1);
-}
-
 std::chrono::milliseconds Millis(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
-}
-
-// Blocks until SIGTERM or SIGINT.
-void WaitForTerminationSignal() {
-  struct Waiter {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool signalled = false;
-  };
-  // Leaked on purpose: the signal thread may outlive this call.
-  static Waiter* waiter = new Waiter;
-  OnTerminationSignal([] {
-    std::lock_guard lock(waiter->mu);
-    waiter->signalled = true;
-    waiter->cv.notify_all();
-  });
-  std::unique_lock lock(waiter->mu);
-  waiter->cv.wait(lock, [] { return waiter->signalled; });
 }
 
 }  // namespace
@@ -146,7 +110,7 @@ int RouterCommand::Run() {
 
   WorkerPoolOptions pool_options;
   if (!auth_token_file_.empty()) {
-    auto token = ReadTrimmed(auth_token_file_, "--auth-token-file");
+    auto token = ReadSecretFile(auth_token_file_, "--auth-token-file");
     if (!token.ok()) {
       LogError("invalid flags", {{"error", token.status().message()}});
       return 2;
@@ -166,7 +130,7 @@ int RouterCommand::Run() {
   server_options.threads = threads_;
   server_options.drain_timeout = Millis(drain_timeout_s_);
   if (!api_key_file_.empty()) {
-    auto key = ReadTrimmed(api_key_file_, "--api-key-file");
+    auto key = ReadSecretFile(api_key_file_, "--api-key-file");
     if (!key.ok()) {
       LogError("invalid flags", {{"error", key.status().message()}});
       return 2;

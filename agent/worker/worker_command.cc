@@ -1,14 +1,11 @@
 // `pdpool-agent worker`: see worker_command.h.
 #include "agent/worker/worker_command.h"
 
-#include <condition_variable>
 #include <cstdlib>
-#include <fstream>
-#include <mutex>
-#include <sstream>
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/secret_file.h"
 #include "common/signals.h"
 
 namespace pdpool::agent {
@@ -21,16 +18,7 @@ StatusOr<std::string> ReadToken(const std::string& path) {
         "--auth-token-file is required: the pool's shared token, which every router and worker "
         "request must carry (the controller keeps it in a Secret per pool)");
   }
-  std::ifstream in(path);
-  if (!in) return Status::InvalidArgument("--auth-token-file " + path + ": cannot read");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string token = ss.str();
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-  while (!token.empty() && std::isspace(static_cast<unsigned char>(token.front())))
-    token.erase(0, 1);
-  if (token.empty()) return Status::InvalidArgument("--auth-token-file " + path + " is empty");
-  return token;
+  return ReadSecretFile(path, "--auth-token-file");
 }
 
 }  // namespace
@@ -144,15 +132,6 @@ int WorkerCommand::Run() {
   LogInfo("worker listening",
           {{"role", role_}, {"port", server.port()}, {"kv_port", server.kv_port()}});
 
-  std::mutex mu;
-  std::condition_variable cv;
-  bool stop = false;
-  OnTerminationSignal([&] {
-    std::lock_guard lock(mu);
-    stop = true;
-    cv.notify_all();
-  });
-
   auto backend = NewBackend(backend_);
   if (!backend.ok()) {
     LogError("cannot load the model", {{"backend", backend_.backend},
@@ -176,10 +155,8 @@ int WorkerCommand::Run() {
                            {"kv_blocks", kv_blocks},
                            {"max_model_len", config.max_model_len}});
 
-  {
-    std::unique_lock lock(mu);
-    cv.wait(lock, [&] { return stop; });
-  }
+  // A SIGTERM during the model load stays pending until here.
+  WaitForTerminationSignal();
   LogInfo("SIGTERM: draining", {{"grace_seconds", drain_timeout_s_}});
   server.Drain(std::chrono::milliseconds(static_cast<int64_t>(drain_timeout_s_ * 1000)));
   server.Stop();

@@ -12,6 +12,8 @@
 #include <sstream>
 #include <thread>
 
+#include "agent/worker/worker_protocol.h"
+
 namespace pdpool::testing {
 namespace {
 
@@ -123,6 +125,12 @@ std::vector<Json> AgentEnv::PostStream(int port, const std::string& path, const 
     if (!line.empty()) lines.push_back(Json::parse(line, nullptr, false));
   }
   return lines;
+}
+
+bool AgentEnv::KvIdle(const Process& worker) {
+  HttpResult info = Get(worker.port, agent::protocol::kInfoPath);
+  return info.status == 200 && info.json["kv_blocks_free"] == info.json["kv_blocks_total"] &&
+         info.json["reservations"] == 0 && info.json["running"] == 0;
 }
 
 double AgentEnv::MetricValue(const std::string& text, const std::string& series) {

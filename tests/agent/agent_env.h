@@ -46,6 +46,8 @@ class AgentEnv {
   HttpResult Post(int port, const std::string& path, const Json& body, bool with_token = true);
   // POST and read an NDJSON stream to its end: the parsed lines.
   std::vector<Json> PostStream(int port, const std::string& path, const Json& body);
+  // The worker holds no KV: every block free, no reservation, nothing running.
+  bool KvIdle(const Process& worker);
   // Value of one series in a /metrics text ("name{labels}"), or -1 when absent.
   static double MetricValue(const std::string& text, const std::string& series);
   // Sum over the series of metric `name` whose labels contain every `label="value"` given.

@@ -24,12 +24,6 @@ Json Completion(const std::string& prompt, int max_tokens, double temperature, i
           {"ignore_eos", true}};
 }
 
-bool KvIdle(AgentEnv& env, const Process& worker) {
-  HttpResult info = env.Get(worker.port, protocol::kInfoPath);
-  return info.status == 200 && info.json["kv_blocks_free"] == info.json["kv_blocks_total"] &&
-         info.json["reservations"] == 0 && info.json["running"] == 0;
-}
-
 TEST(RouterTest, DisaggregatedCompletionsEqualAggregatedOnes) {
   AgentEnv env;
   Process both = env.StartWorker("both");
@@ -52,7 +46,7 @@ TEST(RouterTest, DisaggregatedCompletionsEqualAggregatedOnes) {
       EXPECT_EQ(a.json["usage"], d.json["usage"]);
     }
   }
-  EXPECT_TRUE(AgentEnv::WaitFor([&] { return KvIdle(env, decode); }));
+  EXPECT_TRUE(AgentEnv::WaitFor([&] { return env.KvIdle(decode); }));
 }
 
 TEST(RouterTest, PrefillWorkerKilledMidTransferIsRetriedAndNothingLeaks) {
@@ -84,7 +78,7 @@ TEST(RouterTest, PrefillWorkerKilledMidTransferIsRetriedAndNothingLeaks) {
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(r.json["usage"]["completion_tokens"], 8);
   EXPECT_EQ(r.json["usage"]["prompt_tokens"], 251);  // BOS + 250 bytes
-  EXPECT_TRUE(AgentEnv::WaitFor([&] { return KvIdle(env, decode); }))
+  EXPECT_TRUE(AgentEnv::WaitFor([&] { return env.KvIdle(decode); }))
       << env.Get(decode.port, protocol::kInfoPath).body;
   const std::string metrics = env.Get(router.port, "/metrics", false).body;
   EXPECT_GE(AgentEnv::MetricSum(metrics, "pdpool_router_prefill_retries_total"), 1);

@@ -96,12 +96,6 @@ std::vector<int> Disaggregated(AgentEnv& env, const Process& prefill, const Proc
                 sampling);
 }
 
-bool KvIdle(AgentEnv& env, const Process& worker) {
-  HttpResult info = env.Get(worker.port, protocol::kInfoPath);
-  return info.status == 200 && info.json["kv_blocks_free"] == info.json["kv_blocks_total"] &&
-         info.json["reservations"] == 0 && info.json["running"] == 0;
-}
-
 TEST(WorkerTest, PrefillAndDecodeOverTcpProduceExactlyTheTokensOfBoth) {
   AgentEnv env;
   Process both = env.StartWorker("both");
@@ -116,8 +110,8 @@ TEST(WorkerTest, PrefillAndDecodeOverTcpProduceExactlyTheTokensOfBoth) {
           << "sampling " << sampling.dump() << " prompt length " << length;
     }
   }
-  EXPECT_TRUE(AgentEnv::WaitFor([&] { return KvIdle(env, decode); }));
-  EXPECT_TRUE(AgentEnv::WaitFor([&] { return KvIdle(env, prefill); }));
+  EXPECT_TRUE(AgentEnv::WaitFor([&] { return env.KvIdle(decode); }));
+  EXPECT_TRUE(AgentEnv::WaitFor([&] { return env.KvIdle(prefill); }));
 }
 
 TEST(WorkerTest, PrefillKilledMidTransferLeaksNothingAndAnotherPrefillFinishesTheRequest) {
@@ -140,7 +134,7 @@ TEST(WorkerTest, PrefillKilledMidTransferLeaksNothingAndAnotherPrefillFinishesTh
   slow.child->Kill();
   EXPECT_NE(doomed.get().status, 200);
   // The decode worker freed the reservation's blocks itself: nothing leaks.
-  EXPECT_TRUE(AgentEnv::WaitFor([&] { return KvIdle(env, decode); }))
+  EXPECT_TRUE(AgentEnv::WaitFor([&] { return env.KvIdle(decode); }))
       << env.Get(decode.port, protocol::kInfoPath).body;
   HttpResult metrics = env.Get(decode.port, "/metrics", false);
   EXPECT_EQ(AgentEnv::MetricValue(
@@ -155,7 +149,7 @@ TEST(WorkerTest, PrefillKilledMidTransferLeaksNothingAndAnotherPrefillFinishesTh
       false);
   std::vector<int> tokens = Disaggregated(env, healthy, decode, prompt, 12, sampling);
   EXPECT_EQ(tokens, Generate(env, both, prompt, 12, sampling));
-  EXPECT_TRUE(AgentEnv::WaitFor([&] { return KvIdle(env, decode); }));
+  EXPECT_TRUE(AgentEnv::WaitFor([&] { return env.KvIdle(decode); }));
 }
 
 TEST(WorkerTest, InternalEndpointsRefuseRequestsWithoutThePoolToken) {
