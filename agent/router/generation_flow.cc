@@ -45,7 +45,7 @@ Status GenerationFlow::Reserve(std::vector<const RouterWorker*>* skip) {
   const int prompt_tokens = static_cast<int>(request_.prompt_token_ids.size());
   Status last = Status::Unavailable("no decode worker available");
   for (;;) {
-    auto decode = pool_->Pick(PoolRole::kDecode, *skip);
+    auto decode = pool_->Pick(WorkerRole::kDecode, *skip);
     if (!decode) return last;
     skip->push_back(decode.get());
     ScopedLoad load(decode, &decode->reserved_tokens(), prompt_tokens + request_.max_tokens);
@@ -63,7 +63,7 @@ Status GenerationFlow::Reserve(std::vector<const RouterWorker*>* skip) {
           Status::Unavailable("no decode worker has room for the request: " + r.status().message());
     } else {
       pool_->ReportFailure(decode.get(), r.status());
-      metrics_->CountWorkerError(PoolRole::kDecode, "reserve");
+      metrics_->CountWorkerError(WorkerRole::kDecode, "reserve");
       LogWarn("reserve failed", {{"worker", decode->address()},
                                  {"request_id", request_.request_id},
                                  {"error", r.status().ToString()}});
@@ -78,7 +78,7 @@ Status GenerationFlow::StartDisaggregated() {
   std::vector<const RouterWorker*> tried_prefill;
   Status last_prefill_error;
   for (prefill_attempts_ = 0; prefill_attempts_ < kMaxPrefillAttempts;) {
-    auto prefill = pool_->Pick(PoolRole::kPrefill, tried_prefill);
+    auto prefill = pool_->Pick(WorkerRole::kPrefill, tried_prefill);
     if (!prefill) break;
     if (Status s = Reserve(&skip_decode); !s.ok()) return s;
     // A decode worker that took a reservation may take the retry's reservation too.
@@ -99,7 +99,7 @@ Status GenerationFlow::StartDisaggregated() {
     ReleaseReservation();
     if (r.status().code() == StatusCode::kInvalidArgument) return r.status();
     pool_->ReportFailure(prefill.get(), r.status());
-    metrics_->CountWorkerError(PoolRole::kPrefill, "prefill");
+    metrics_->CountWorkerError(WorkerRole::kPrefill, "prefill");
     LogWarn("prefill failed", {{"worker", prefill->address()},
                                {"request_id", request_.request_id},
                                {"attempt", prefill_attempts_},
@@ -138,8 +138,7 @@ GenerationFlow::Outcome GenerationFlow::StreamDisaggregated(const TokenSink& on_
   bool overrun = false;
   auto result = decode_->client().Decode(
       reservation_id, first_token_, request_.prompt_token_ids, request_.max_tokens,
-      request_.sampling, request_.ignore_eos,
-      [&](int32_t token) {
+      request_.sampling, request_.ignore_eos, [&](int32_t token) {
         if (aborted()) return false;
         if (out.tokens >= request_.max_tokens) {  // the worker should have stopped: stop it
           overrun = true;
@@ -156,7 +155,7 @@ GenerationFlow::Outcome GenerationFlow::StreamDisaggregated(const TokenSink& on_
   }
   if (!result.cancelled) {
     pool_->ReportFailure(decode_.get(), result.status);
-    metrics_->CountWorkerError(PoolRole::kDecode, "decode");
+    metrics_->CountWorkerError(WorkerRole::kDecode, "decode");
     LogWarn("decode failed", {{"worker", decode_->address()},
                               {"request_id", request_.request_id},
                               {"tokens", out.tokens},
@@ -173,7 +172,7 @@ GenerationFlow::Outcome GenerationFlow::StreamAggregated(const TokenSink& on_tok
   std::vector<const RouterWorker*> tried;
   Status last = Status::Unavailable("no worker available");
   for (int attempt = 0; attempt < kMaxPrefillAttempts; ++attempt) {
-    auto worker = pool_->Pick(PoolRole::kBoth, tried);
+    auto worker = pool_->Pick(WorkerRole::kBoth, tried);
     if (!worker) break;
     tried.push_back(worker.get());
     if (attempt > 0) metrics_->CountPrefillRetry();
@@ -201,7 +200,7 @@ GenerationFlow::Outcome GenerationFlow::StreamAggregated(const TokenSink& on_tok
     }
     if (result.status.code() != StatusCode::kInvalidArgument && !IsWorkerBusy(result.status)) {
       pool_->ReportFailure(worker.get(), result.status);
-      metrics_->CountWorkerError(PoolRole::kBoth, "generate");
+      metrics_->CountWorkerError(WorkerRole::kBoth, "generate");
     }
     LogWarn("generate failed", {{"worker", worker->address()},
                                 {"request_id", request_.request_id},

@@ -21,7 +21,7 @@ const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
 }
 
 constexpr const char* kStates[] = {"ready", "unhealthy", "not_ready"};
-constexpr PoolRole kRoles[] = {PoolRole::kPrefill, PoolRole::kDecode, PoolRole::kBoth};
+constexpr WorkerRole kRoles[] = {WorkerRole::kPrefill, WorkerRole::kDecode, WorkerRole::kBoth};
 
 }  // namespace
 
@@ -73,7 +73,7 @@ RouterMetrics::RouterMetrics(std::string pool)
   for (size_t ri = 0; ri < 3; ++ri) {
     for (size_t si = 0; si < 3; ++si) {
       workers_by_role_state_[ri * 3 + si] = &workers_->Add(
-          {{"pool", pool_}, {"role", PoolRoleName(kRoles[ri])}, {"state", kStates[si]}});
+          {{"pool", pool_}, {"role", WorkerRoleName(kRoles[ri])}, {"state", kStates[si]}});
     }
   }
   // The common outcomes exist at 0 from the start, so rate() sees their first increase.
@@ -106,8 +106,8 @@ void RouterMetrics::AddGenerationTokens(int64_t n) {
 void RouterMetrics::InflightAdd(int delta) { inflight_->Increment(delta); }
 void RouterMetrics::CountPrefillRetry() { prefill_retries_->Increment(); }
 
-void RouterMetrics::CountWorkerError(PoolRole role, const char* phase) {
-  worker_errors_->Add({{"pool", pool_}, {"role", PoolRoleName(role)}, {"phase", phase}})
+void RouterMetrics::CountWorkerError(WorkerRole role, const char* phase) {
+  worker_errors_->Add({{"pool", pool_}, {"role", WorkerRoleName(role)}, {"phase", phase}})
       .Increment();
 }
 

@@ -41,7 +41,7 @@ class RouterMetrics {
   void InflightAdd(int delta);
   void CountPrefillRetry();
   // A failed worker call; role of the worker, phase one of reserve|prefill|decode|generate.
-  void CountWorkerError(PoolRole role, const char* phase);
+  void CountWorkerError(WorkerRole role, const char* phase);
   // Sets pdpool_router_workers{role,state} from the pool's current view.
   void UpdateWorkers(const std::vector<WorkerPool::WorkerState>& workers);
 

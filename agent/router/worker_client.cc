@@ -52,29 +52,10 @@ bool IsWorkerBusy(const Status& status) {
   return status.code() == StatusCode::kUnavailable && status.message().starts_with(kBusyPrefix);
 }
 
-const char* PoolRoleName(PoolRole role) {
-  switch (role) {
-    case PoolRole::kPrefill:
-      return "prefill";
-    case PoolRole::kDecode:
-      return "decode";
-    case PoolRole::kBoth:
-      return "both";
-  }
-  return "unknown";
-}
-
-std::optional<PoolRole> ParsePoolRole(std::string_view name) {
-  if (name == "prefill") return PoolRole::kPrefill;
-  if (name == "decode") return PoolRole::kDecode;
-  if (name == "both") return PoolRole::kBoth;
-  return std::nullopt;
-}
-
 StatusOr<WorkerInfoReply> ParseWorkerInfo(const Json& body) {
   if (!body.is_object()) return Status::Internal("info reply is not a JSON object");
   WorkerInfoReply info;
-  info.role = ParsePoolRole(JsonStringAt(body, {"role"}));
+  info.role = ParseWorkerRole(JsonStringAt(body, {"role"}));
   info.ready = JsonGet<bool>(body, "/ready", false);
   info.draining = JsonGet<bool>(body, "/draining", false);
   info.block_size = JsonGet<int>(body, "/block_size", 16);
@@ -308,12 +289,9 @@ WorkerClient::StreamResult WorkerClient::Decode(int64_t reservation_id, int32_t 
                                                 const std::vector<int32_t>& prompt_token_ids,
                                                 int max_tokens, const RequestSampling& sampling,
                                                 bool ignore_eos, const TokenCallback& on_token) {
-  Json req = {{"reservation_id", reservation_id},
-              {"first_token", first_token},
-              {"prompt_token_ids", prompt_token_ids},
-              {"max_tokens", max_tokens},
-              {"sampling", SamplingJson(sampling)},
-              {"ignore_eos", ignore_eos}};
+  Json req = {{"reservation_id", reservation_id},     {"first_token", first_token},
+              {"prompt_token_ids", prompt_token_ids}, {"max_tokens", max_tokens},
+              {"sampling", SamplingJson(sampling)},   {"ignore_eos", ignore_eos}};
   return Stream(protocol::kDecodePath, DumpJson(req), on_token);
 }
 

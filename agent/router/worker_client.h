@@ -16,19 +16,15 @@
 #include <vector>
 
 #include "agent/router/openai_api.h"
+#include "agent/worker/worker_role.h"
 #include "common/json.h"
 #include "common/status.h"
 
 namespace pdpool::agent {
 
-// A worker's role in its pool. ("both": aggregated, prefill and decode in one worker.)
-enum class PoolRole { kPrefill, kDecode, kBoth };
-const char* PoolRoleName(PoolRole role);
-std::optional<PoolRole> ParsePoolRole(std::string_view name);
-
 // The kInfoPath reply.
 struct WorkerInfoReply {
-  std::optional<PoolRole> role;  // absent or unknown: keep the discovered role
+  std::optional<WorkerRole> role;  // absent or unknown: keep the discovered role
   bool ready = false;
   bool draining = false;
   int block_size = 16;

@@ -16,7 +16,7 @@ std::string_view Trim(std::string_view s) {
   return s;
 }
 
-Status AppendList(std::string_view flag, std::string_view list, PoolRole role,
+Status AppendList(std::string_view flag, std::string_view list, WorkerRole role,
                   std::set<std::string>* seen, std::vector<WorkerSpec>* out) {
   size_t start = 0;
   while (start <= list.size()) {
@@ -45,10 +45,11 @@ StatusOr<std::vector<WorkerSpec>> ParseStaticWorkers(std::string_view prefill,
                                                      std::string_view both) {
   std::vector<WorkerSpec> out;
   std::set<std::string> seen;
-  if (Status s = AppendList("--prefill", prefill, PoolRole::kPrefill, &seen, &out); !s.ok())
+  if (Status s = AppendList("--prefill", prefill, WorkerRole::kPrefill, &seen, &out); !s.ok())
     return s;
-  if (Status s = AppendList("--decode", decode, PoolRole::kDecode, &seen, &out); !s.ok()) return s;
-  if (Status s = AppendList("--workers", both, PoolRole::kBoth, &seen, &out); !s.ok()) return s;
+  if (Status s = AppendList("--decode", decode, WorkerRole::kDecode, &seen, &out); !s.ok())
+    return s;
+  if (Status s = AppendList("--workers", both, WorkerRole::kBoth, &seen, &out); !s.ok()) return s;
   return out;
 }
 
@@ -66,7 +67,7 @@ std::optional<WorkerSpec> WorkerSpecFromPod(const Json& pod, int worker_port) {
   if (ip.empty()) return std::nullopt;
   const Json* labels = JsonPath(pod, {"metadata", "labels"});
   if (labels == nullptr) return std::nullopt;
-  auto role = ParsePoolRole(JsonStringAt(*labels, {kRoleLabel}));
+  auto role = ParseWorkerRole(JsonStringAt(*labels, {kRoleLabel}));
   if (!role) return std::nullopt;
   std::string host = ip.find(':') != std::string::npos ? "[" + ip + "]" : ip;
   return WorkerSpec{host + ":" + std::to_string(worker_port), *role};

@@ -26,13 +26,13 @@ void WorkerPool::SetWorkers(const std::vector<WorkerSpec>& specs) {
     if (it != old.end()) {
       if (it->second->spec_.role != spec.role) {
         LogInfo("worker role changed",
-                {{"worker", spec.address}, {"role", PoolRoleName(spec.role)}});
+                {{"worker", spec.address}, {"role", WorkerRoleName(spec.role)}});
         it->second->spec_.role = spec.role;
       }
       next.push_back(std::move(it->second));
       old.erase(it);
     } else {
-      LogInfo("worker added", {{"worker", spec.address}, {"role", PoolRoleName(spec.role)}});
+      LogInfo("worker added", {{"worker", spec.address}, {"role", WorkerRoleName(spec.role)}});
       next.push_back(std::make_shared<RouterWorker>(spec, options_.client));
     }
   }
@@ -43,7 +43,7 @@ void WorkerPool::SetWorkers(const std::vector<WorkerSpec>& specs) {
   workers_ = std::move(next);
 }
 
-PoolRole WorkerPool::RoleLocked(const RouterWorker& w) const {
+WorkerRole WorkerPool::RoleLocked(const RouterWorker& w) const {
   // The worker knows best: a role switch in place shows in its info before discovery sees it.
   if (w.info_ && w.info_->role) return *w.info_->role;
   return w.spec_.role;
@@ -53,9 +53,9 @@ bool WorkerPool::UsableLocked(const RouterWorker& w, TimePoint now) const {
   return w.info_ && w.info_->ready && !w.info_->draining && now >= w.unhealthy_until_;
 }
 
-double WorkerPool::ScoreLocked(const RouterWorker& w, PoolRole role) const {
+double WorkerPool::ScoreLocked(const RouterWorker& w, WorkerRole role) const {
   const WorkerInfoReply& info = *w.info_;
-  if (role == PoolRole::kPrefill) {
+  if (role == WorkerRole::kPrefill) {
     int64_t since_poll =
         w.prefill_tokens_.load(std::memory_order_relaxed) - w.prefill_tokens_at_poll_;
     return static_cast<double>(std::max<int64_t>(0, info.outstanding_prefill_tokens + since_poll));
@@ -74,7 +74,7 @@ double WorkerPool::ScoreLocked(const RouterWorker& w, PoolRole role) const {
          static_cast<double>(std::max<int64_t>(0, w.reserved_tokens_.load())) * 1e-12;
 }
 
-std::shared_ptr<RouterWorker> WorkerPool::Pick(PoolRole role,
+std::shared_ptr<RouterWorker> WorkerPool::Pick(WorkerRole role,
                                                const std::vector<const RouterWorker*>& exclude) {
   const TimePoint now = clock_->Now();
   std::lock_guard lock(mu_);
@@ -106,13 +106,13 @@ WorkerPool::Mode WorkerPool::CurrentMode() const {
   for (const auto& w : workers_) {
     if (!UsableLocked(*w, now)) continue;
     switch (RoleLocked(*w)) {
-      case PoolRole::kPrefill:
+      case WorkerRole::kPrefill:
         prefill = true;
         break;
-      case PoolRole::kDecode:
+      case WorkerRole::kDecode:
         decode = true;
         break;
-      case PoolRole::kBoth:
+      case WorkerRole::kBoth:
         both = true;
         break;
     }

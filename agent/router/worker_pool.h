@@ -30,7 +30,7 @@ namespace pdpool::agent {
 // A worker as discovery reports it.
 struct WorkerSpec {
   std::string address;  // host:port
-  PoolRole role = PoolRole::kBoth;
+  WorkerRole role = WorkerRole::kBoth;
   bool operator==(const WorkerSpec&) const = default;
 };
 
@@ -114,7 +114,7 @@ class WorkerPool {
   void SetWorkers(const std::vector<WorkerSpec>& specs);
 
   // The best usable worker of `role` not in `exclude`, or null.
-  std::shared_ptr<RouterWorker> Pick(PoolRole role,
+  std::shared_ptr<RouterWorker> Pick(WorkerRole role,
                                      const std::vector<const RouterWorker*>& exclude = {});
   // Disaggregated when a usable prefill and a usable decode worker exist, else aggregated
   // when a usable both worker exists, else none.
@@ -145,16 +145,16 @@ class WorkerPool {
 
   struct WorkerState {
     std::string address;
-    PoolRole role;
+    WorkerRole role;
     const char* state;  // "ready", "unhealthy", "not_ready"
   };
   std::vector<WorkerState> Describe() const;
   std::vector<std::shared_ptr<RouterWorker>> Workers() const;
 
  private:
-  PoolRole RoleLocked(const RouterWorker& w) const;
+  WorkerRole RoleLocked(const RouterWorker& w) const;
   bool UsableLocked(const RouterWorker& w, TimePoint now) const;
-  double ScoreLocked(const RouterWorker& w, PoolRole role) const;
+  double ScoreLocked(const RouterWorker& w, WorkerRole role) const;
 
   const Clock* clock_;
   const WorkerPoolOptions options_;

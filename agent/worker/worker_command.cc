@@ -99,7 +99,7 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
 }
 
 int WorkerCommand::Run() {
-  auto role = ParseWorkerRole(role_);
+  const std::optional<WorkerRole> role = ParseWorkerRole(role_);  // CLI11 checked the value
   auto token = ReadToken(auth_token_file_);
   if (!token.ok()) {
     LogError("invalid flags", {{"error", token.status().message()}});

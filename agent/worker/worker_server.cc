@@ -18,26 +18,6 @@
 
 namespace pdpool::agent {
 
-const char* WorkerRoleName(WorkerRole role) {
-  switch (role) {
-    case WorkerRole::kPrefill:
-      return "prefill";
-    case WorkerRole::kDecode:
-      return "decode";
-    case WorkerRole::kBoth:
-      return "both";
-  }
-  return "both";
-}
-
-StatusOr<WorkerRole> ParseWorkerRole(std::string_view name) {
-  if (name == "prefill") return WorkerRole::kPrefill;
-  if (name == "decode") return WorkerRole::kDecode;
-  if (name == "both") return WorkerRole::kBoth;
-  return Status::InvalidArgument("role \"" + std::string(name) +
-                                 "\": must be prefill, decode or both");
-}
-
 namespace {
 
 using Clock = std::chrono::steady_clock;

@@ -13,13 +13,10 @@
 #include "agent/engine/engine.h"
 #include "agent/transport/kv_transport.h"
 #include "agent/worker/worker_metrics.h"
+#include "agent/worker/worker_role.h"
 #include "common/status.h"
 
 namespace pdpool::agent {
-
-enum class WorkerRole { kPrefill, kDecode, kBoth };
-const char* WorkerRoleName(WorkerRole role);
-StatusOr<WorkerRole> ParseWorkerRole(std::string_view name);
 
 struct WorkerServerOptions {
   WorkerRole role = WorkerRole::kBoth;

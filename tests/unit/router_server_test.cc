@@ -52,7 +52,7 @@ std::vector<int32_t> Tokens(std::string_view s) { return ByteTokenizer().Encode(
 // A worker of the pool as far as the router can tell.
 class FakeWorker {
  public:
-  explicit FakeWorker(PoolRole role, std::vector<int32_t> script = Tokens(kScript))
+  explicit FakeWorker(WorkerRole role, std::vector<int32_t> script = Tokens(kScript))
       : role_(role), script_(std::move(script)) {
     auto authorized = [this](const httplib::Request& req, httplib::Response& res) {
       if (req.get_header_value("Authorization") == std::string("Bearer ") + kToken) return true;
@@ -65,7 +65,7 @@ class FakeWorker {
                 [=, this](const httplib::Request& req, httplib::Response& res) {
                   if (!authorized(req, res)) return;
                   ++info;
-                  Json j = {{"role", PoolRoleName(role_)},
+                  Json j = {{"role", WorkerRoleName(role_)},
                             {"backend", "fake"},
                             {"model", "test-tiny"},
                             {"ready", true},
@@ -236,7 +236,7 @@ class FakeWorker {
     });
   }
 
-  PoolRole role_;
+  WorkerRole role_;
   std::vector<int32_t> script_;
   httplib::Server server_;
   std::thread thread_;
@@ -358,14 +358,14 @@ Json Completion(const std::string& prompt, int max_tokens) {
 std::string Prefix(std::string_view s, size_t n) { return std::string(s.substr(0, n)); }
 
 TEST(RouterWorkerClientTest, SendsTheTokenAndReusesConnections) {
-  FakeWorker w(PoolRole::kDecode);
+  FakeWorker w(WorkerRole::kDecode);
   WorkerClientOptions o;
   o.auth_token = kToken;
   WorkerClient client(w.address(), o);
   for (int i = 0; i < 5; ++i) {
     auto info = client.Info();
     ASSERT_TRUE(info.ok()) << info.status().ToString();
-    EXPECT_EQ(info->role, PoolRole::kDecode);
+    EXPECT_EQ(info->role, WorkerRole::kDecode);
     EXPECT_EQ(info->max_model_len, 2048);
   }
   EXPECT_EQ(w.info, 5);
@@ -380,7 +380,7 @@ TEST(RouterWorkerClientTest, SendsTheTokenAndReusesConnections) {
 }
 
 TEST(RouterWorkerClientTest, ReserveBusyAndDecodeStream) {
-  FakeWorker w(PoolRole::kDecode, Tokens("abc"));
+  FakeWorker w(WorkerRole::kDecode, Tokens("abc"));
   WorkerClientOptions o;
   o.auth_token = kToken;
   WorkerClient client(w.address(), o);
@@ -400,13 +400,14 @@ TEST(RouterWorkerClientTest, ReserveBusyAndDecodeStream) {
   EXPECT_EQ(result.finish_reason, "length");
   EXPECT_EQ(got, (std::vector<int32_t>{'b', 'c', 'a'}));
   // The reservation was claimed: decoding it again is the worker's 4xx.
-  auto again = client.Decode(r->reservation_id, 'a', {}, 4, {}, false, [](int32_t) { return true; });
+  auto again =
+      client.Decode(r->reservation_id, 'a', {}, 4, {}, false, [](int32_t) { return true; });
   EXPECT_EQ(again.status.code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(client.connections_opened(), 1);
 }
 
 TEST(RouterServerTest, DisaggregatedCompletion) {
-  FakeWorker p1(PoolRole::kPrefill), p2(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker p1(WorkerRole::kPrefill), p2(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   Router router({p1.spec(), p2.spec(), d.spec()});
   ASSERT_TRUE(router.WaitReady());
   Json req = Completion("hi", 5);
@@ -443,7 +444,7 @@ TEST(RouterServerTest, DisaggregatedCompletion) {
 }
 
 TEST(RouterServerTest, StreamedCompletionMatchesTheNonStreamedOne) {
-  FakeWorker p(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker p(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   Router router({p.spec(), d.spec()});
   ASSERT_TRUE(router.WaitReady());
   Json req = Completion("hi", 12);
@@ -473,7 +474,7 @@ TEST(RouterServerTest, StreamedCompletionMatchesTheNonStreamedOne) {
 }
 
 TEST(RouterServerTest, ChatCompletionAndStream) {
-  FakeWorker p(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker p(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   Router router({p.spec(), d.spec()});
   ASSERT_TRUE(router.WaitReady());
   Json req = {{"model", "tiny"},
@@ -506,7 +507,7 @@ TEST(RouterServerTest, ChatCompletionAndStream) {
 }
 
 TEST(RouterServerTest, AggregatedWorkerGenerates) {
-  FakeWorker b(PoolRole::kBoth);
+  FakeWorker b(WorkerRole::kBoth);
   Router router({b.spec()});
   ASSERT_TRUE(router.WaitReady());
   auto res = router.Post("/v1/completions", Completion("hi", 7));
@@ -526,7 +527,7 @@ TEST(RouterServerTest, AggregatedWorkerGenerates) {
 }
 
 TEST(RouterServerTest, StopStringTrimsAndCancelsTheDecode) {
-  FakeWorker p(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker p(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   d.step_delay_ms = 2;
   Router router({p.spec(), d.spec()});
   ASSERT_TRUE(router.WaitReady());
@@ -554,7 +555,7 @@ TEST(RouterServerTest, StopStringTrimsAndCancelsTheDecode) {
 TEST(RouterServerTest, EosFinishesWithStop) {
   std::vector<int32_t> script = Tokens("Hi");
   script.push_back(kEos);
-  FakeWorker p(PoolRole::kPrefill, script), d(PoolRole::kDecode, script);
+  FakeWorker p(WorkerRole::kPrefill, script), d(WorkerRole::kDecode, script);
   Router router({p.spec(), d.spec()});
   ASSERT_TRUE(router.WaitReady());
   auto res = router.Post("/v1/completions", Completion("x", 50));
@@ -566,7 +567,7 @@ TEST(RouterServerTest, EosFinishesWithStop) {
 }
 
 TEST(RouterServerTest, FirstTokenEosOrMaxTokensOneSkipDecodeAndRelease) {
-  FakeWorker p(PoolRole::kPrefill, {kEos}), d(PoolRole::kDecode, {kEos});
+  FakeWorker p(WorkerRole::kPrefill, {kEos}), d(WorkerRole::kDecode, {kEos});
   Router router({p.spec(), d.spec()});
   ASSERT_TRUE(router.WaitReady());
   auto res = router.Post("/v1/completions", Completion("x", 50));
@@ -588,7 +589,7 @@ TEST(RouterServerTest, FirstTokenEosOrMaxTokensOneSkipDecodeAndRelease) {
 }
 
 TEST(RouterServerTest, PrefillFailureReleasesAndRetriesOnAnotherWorker) {
-  FakeWorker bad(PoolRole::kPrefill), good(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker bad(WorkerRole::kPrefill), good(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   bad.fail_prefill = -1;
   good.outstanding = 1000;  // so the failing worker is the first choice
   Router router({bad.spec(), good.spec(), d.spec()});
@@ -621,7 +622,7 @@ TEST(RouterServerTest, PrefillFailureReleasesAndRetriesOnAnotherWorker) {
 }
 
 TEST(RouterServerTest, PrefillFailingEverywhereIs502) {
-  FakeWorker p1(PoolRole::kPrefill), p2(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker p1(WorkerRole::kPrefill), p2(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   p1.fail_prefill = -1;
   p2.fail_prefill = -1;
   Router router({p1.spec(), p2.spec(), d.spec()});
@@ -639,7 +640,7 @@ TEST(RouterServerTest, PrefillFailingEverywhereIs502) {
 }
 
 TEST(RouterServerTest, BusyDecodeWorkerIsSkippedNotPunished) {
-  FakeWorker p(PoolRole::kPrefill), busy(PoolRole::kDecode), other(PoolRole::kDecode);
+  FakeWorker p(WorkerRole::kPrefill), busy(WorkerRole::kDecode), other(WorkerRole::kDecode);
   busy.reserve_busy = true;
   other.free_blocks = 100;  // fuller, so the busy one is the first choice
   Router router({p.spec(), busy.spec(), other.spec()});
@@ -674,7 +675,7 @@ TEST(RouterServerTest, NoWorkerIs503WithRetryAfter) {
 }
 
 TEST(RouterServerTest, ClientErrorsHaveOpenAiBodies) {
-  FakeWorker p(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker p(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   d.max_model_len = 32;
   RouterServerOptions o;
   o.max_body_bytes = 2048;
@@ -726,7 +727,7 @@ TEST(RouterServerTest, ModelsList) {
 }
 
 TEST(RouterServerTest, ApiKeyWhenConfigured) {
-  FakeWorker b(PoolRole::kBoth);
+  FakeWorker b(WorkerRole::kBoth);
   RouterServerOptions o;
   o.api_key = "client-key";
   Router router({b.spec()}, o);
@@ -745,7 +746,7 @@ TEST(RouterServerTest, ApiKeyWhenConfigured) {
 }
 
 TEST(RouterServerTest, MetricsMove) {
-  FakeWorker p(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker p(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   Router router({p.spec(), d.spec()});
   ASSERT_TRUE(router.WaitReady());
   ASSERT_EQ(router.Post("/v1/completions", Completion("hi", 5))->status, 200);
@@ -771,7 +772,7 @@ TEST(RouterServerTest, MetricsMove) {
 }
 
 TEST(RouterServerTest, ClientDisconnectCancelsTheDecode) {
-  FakeWorker p(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker p(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   d.step_delay_ms = 2;
   Router router({p.spec(), d.spec()});
   ASSERT_TRUE(router.WaitReady());
@@ -799,7 +800,7 @@ TEST(RouterServerTest, ClientDisconnectCancelsTheDecode) {
 }
 
 TEST(RouterServerTest, ShutdownLetsInflightStreamsFinishAndRefusesNewOnes) {
-  FakeWorker p(PoolRole::kPrefill), d(PoolRole::kDecode);
+  FakeWorker p(WorkerRole::kPrefill), d(WorkerRole::kDecode);
   d.step_delay_ms = 5;
   Router router({p.spec(), d.spec()});
   ASSERT_TRUE(router.WaitReady());
