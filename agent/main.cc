@@ -6,7 +6,6 @@
 #include <string>
 
 #include "agent/node/node_agent.h"
-#include "agent/node/status_only_pod_runner.h"
 #include "agent/router/router_command.h"
 #include "agent/worker/worker_command.h"
 #include "common/clock.h"
@@ -30,8 +29,8 @@ struct NodeCommand {
         "node",
         "Run simulated GPU nodes for the local rack, as a minimal kubelet: register each Node "
         "(nvidia.com/gpu capacity, NVLink-domain label, Ready), renew its Lease in "
-        "kube-node-lease, report the pods the scheduler binds to it running and ready with a "
-        "127.x.y.z pod IP, and finish their deletion.");
+        "kube-node-lease, give the pods the scheduler binds to it a 127.x.y.z pod IP, run them "
+        "(--pod-runner) and report their status, and finish their deletion.");
     command->add_option("--kubeconfig", kubeconfig,
                         "kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)");
     command
@@ -71,6 +70,34 @@ struct NodeCommand {
                      "127.<ip-prefix>.<i>.2-254 (Linux routes all of 127/8 to loopback); agent "
                      "processes on one machine need distinct values (1-255)")
         ->capture_default_str();
+    command
+        ->add_option("--pod-runner", options.pod_runner,
+                     "what runs the pods bound to the nodes: status-only (reported running and "
+                     "ready, nothing runs) or process (each container a local process in its "
+                     "own mount namespace, as a kubelet would; needs root)")
+        ->check(CLI::IsMember({"status-only", "process"}))
+        ->capture_default_str();
+    command->add_option("--binary-dir", options.binary_dir,
+                        "process: where the pdpool/agent and pdpool/controller images' binaries "
+                        "(pdpool-agent, pdpool-controller) are (default: this executable's "
+                        "directory)");
+    command
+        ->add_option("--state-dir", options.state_dir,
+                     "process: node state (pod volumes, container logs under "
+                     "<state-dir>/<node>/pods/<ns>_<pod>_<uid>/)")
+        ->capture_default_str();
+    command
+        ->add_option("--restart-backoff", options.restart_backoff,
+                     "process: first crash-loop back-off, doubling per crash (Go duration)")
+        ->capture_default_str();
+    command
+        ->add_option("--max-restart-backoff", options.max_restart_backoff,
+                     "process: longest crash-loop back-off (Go duration)")
+        ->capture_default_str();
+    command
+        ->add_option("--shutdown-grace-period", options.shutdown_grace_period,
+                     "process: longest a pod gets to stop when the agent shuts down (Go duration)")
+        ->capture_default_str();
   }
 };
 
@@ -93,10 +120,12 @@ int RunNode(const NodeCommand& cmd) {
     return 1;
   }
   const Clock* clock = &RealClock::Instance();
-  agent::NodeAgent node_agent(client->get(), clock, std::move(*nodes),
-                              [clock](const agent::SimNodeOptions&) {
-                                return std::make_unique<agent::StatusOnlyPodRunner>(clock);
-                              });
+  auto runners = agent::NewPodRunnerFactory(cmd.options, client->get(), clock, config->server);
+  if (!runners.ok()) {
+    LogError("invalid flags", {{"error", runners.status().message()}});
+    return 2;
+  }
+  agent::NodeAgent node_agent(client->get(), clock, std::move(*nodes), *runners);
   node_agent.Start();
   LogInfo("node agent running", {{"nodes", node_agent.size()}, {"server", config->server}});
   WaitForTerminationSignal();

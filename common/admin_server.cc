@@ -37,6 +37,11 @@ Status AdminServer::Start() {
     res.status = ok ? 200 : 503;
     res.set_content(ok ? "ok\n" : "not ready\n", "text/plain");
   });
+  for (const auto& endpoint : options_.endpoints) {
+    s.Get(endpoint.path, [endpoint](const httplib::Request&, httplib::Response& res) {
+      res.set_content(endpoint.body(), endpoint.content_type);
+    });
+  }
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(registry_ ? SerializeMetrics(*registry_) : "", "text/plain; version=0.0.4");
   });

@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/status.h"
 
@@ -23,6 +24,13 @@ class AdminServer {
     int port = 8080;  // 0: any free port (see port())
     std::function<bool()> healthy = [] { return true; };
     std::function<bool()> ready = [] { return true; };
+    // More GET endpoints (e.g. the controller's Prometheus HTTP service discovery).
+    struct Endpoint {
+      std::string path;
+      std::string content_type;
+      std::function<std::string()> body;
+    };
+    std::vector<Endpoint> endpoints;
   };
 
   AdminServer(Options options, std::shared_ptr<prometheus::Registry> registry);

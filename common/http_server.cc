@@ -6,9 +6,15 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <cstdlib>
 #include <memory>
 
 namespace pdpool {
+
+std::string DefaultListenHost() {
+  const char* host = std::getenv("PDPOOL_LISTEN_HOST");
+  return host != nullptr && *host != '\0' ? host : "0.0.0.0";
+}
 
 StatusOr<int> BindHttpServer(httplib::Server& server, const std::string& host, int port,
                              const std::string& what) {

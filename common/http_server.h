@@ -15,6 +15,12 @@ class Server;
 
 namespace pdpool {
 
+// The default listen address of pdpool's servers: $PDPOOL_LISTEN_HOST when set, else 0.0.0.0.
+// On a cluster each pod has its own network namespace and 0.0.0.0 is right; the local rack's
+// node agent runs pods as processes sharing the host's, so it sets PDPOOL_LISTEN_HOST to the
+// pod's own loopback address (as a network namespace would confine it).
+std::string DefaultListenHost();
+
 // The bound port, or kUnavailable naming host:port.
 StatusOr<int> BindHttpServer(httplib::Server& server, const std::string& host, int port,
                              const std::string& what);

@@ -26,6 +26,13 @@ class ControllerMetrics {
   void SetQueueDepth(double depth);
   void SetLeader(bool leader);
   void SetPools(double pools);
+  // The planner's view of one pool (labels namespace, pool; role prefill|decode; decision one
+  // of DecisionKindName's values).
+  void RecordPlannerDecision(const std::string& ns, const std::string& pool,
+                             const std::string& decision, int prefill, int decode,
+                             double predicted_request_rate);
+  // A deleted pool's planner series go away.
+  void ForgetPool(const std::string& ns, const std::string& pool);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -34,6 +41,9 @@ class ControllerMetrics {
   prometheus::Gauge* queue_depth_;
   prometheus::Gauge* leader_;
   prometheus::Gauge* pools_;
+  prometheus::Family<prometheus::Gauge>* planner_desired_;
+  prometheus::Family<prometheus::Counter>* planner_decisions_;
+  prometheus::Family<prometheus::Gauge>* planner_predicted_rate_;
 };
 
 }  // namespace pdpool::controller

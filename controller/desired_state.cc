@@ -10,6 +10,8 @@
 #include <tuple>
 #include <utility>
 
+#include "common/base64.h"
+
 namespace pdpool::controller {
 namespace {
 
@@ -156,7 +158,21 @@ std::vector<std::string> WorkerArgs(const PoolSpec& spec, WorkerRole role) {
   args.push_back("--kv-transport=" + spec.kv_transport);
   args.push_back("--port=" + std::to_string(kWorkerPort));
   args.push_back(std::string("--auth-token-file=") + kTokenFile);
+  // The pod's labels: a worker moved in place to the other role (its pod relabelled) comes back
+  // in that role after a restart, although these args still name the old one.
+  args.push_back(std::string("--labels-file=") + kPodInfoMountPath + "/" + kPodInfoLabelsFile);
   return args;
+}
+
+Json PodInfoVolume() {
+  return {{"name", kPodInfoVolume},
+          {"downwardAPI",
+           {{"items", Json::array({{{"path", kPodInfoLabelsFile},
+                                    {"fieldRef", {{"fieldPath", "metadata.labels"}}}}})}}}};
+}
+
+Json PodInfoMount() {
+  return {{"name", kPodInfoVolume}, {"mountPath", kPodInfoMountPath}, {"readOnly", true}};
 }
 
 Json TokenVolume(const PoolIdentity& id) {
@@ -214,14 +230,14 @@ StatusOr<Json> WorkerPodTemplate(const PoolIdentity& id, const PoolSpec& spec, W
       {"livenessProbe", HttpProbe("/healthz", 10, 3)},
       // Loading a large model's weights can take minutes; liveness only starts after this.
       {"startupProbe", HttpProbe("/healthz", 10, 90)},
-      {"volumeMounts", Json::array({TokenMount()})},
+      {"volumeMounts", Json::array({TokenMount(), PodInfoMount()})},
   };
   if (r.gpus_per_replica > 0) {
     const Json gpus = {{kGpuResource, std::to_string(r.gpus_per_replica)}};
     container["resources"] = {{"requests", gpus}, {"limits", gpus}};
   }
   Json pod_spec = {{"containers", Json::array({container})},
-                   {"volumes", Json::array({TokenVolume(id)})},
+                   {"volumes", Json::array({TokenVolume(id), PodInfoVolume()})},
                    {"terminationGracePeriodSeconds", 60}};
   const std::string key = spec.topology.key.empty() ? kDefaultTopologyKey : spec.topology.key;
   if (Json affinity = WorkerAffinity(key, domain, policy); !affinity.is_null()) {
@@ -241,6 +257,11 @@ StatusOr<Json> WorkerPodTemplate(const PoolIdentity& id, const PoolSpec& spec, W
     tmpl["metadata"]["labels"][it.key()] = *it;
   }
   ApplyTokenVolume(id, kWorkerContainer, &tmpl);
+  UpsertNamed(&tmpl["spec"], "volumes", PodInfoVolume());
+  for (Json& c : tmpl["spec"]["containers"]) {
+    if (c.is_object() && NameOf(c) == kWorkerContainer)
+      UpsertNamed(&c, "volumeMounts", PodInfoMount());
+  }
   return tmpl;
 }
 
@@ -338,29 +359,6 @@ StatusOr<Json> RouterService(const PoolIdentity& id) {
                                         {"protocol", "TCP"}}})}}}};
 }
 
-std::string Base64(std::string_view in) {
-  static constexpr char kAlphabet[] =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    const uint32_t n = (uint32_t{static_cast<unsigned char>(in[i])} << 16) |
-                       (uint32_t{static_cast<unsigned char>(in[i + 1])} << 8) |
-                       uint32_t{static_cast<unsigned char>(in[i + 2])};
-    for (int shift : {18, 12, 6, 0}) out.push_back(kAlphabet[(n >> shift) & 63]);
-  }
-  if (i < in.size()) {
-    uint32_t n = uint32_t{static_cast<unsigned char>(in[i])} << 16;
-    if (i + 1 < in.size()) n |= uint32_t{static_cast<unsigned char>(in[i + 1])} << 8;
-    out.push_back(kAlphabet[(n >> 18) & 63]);
-    out.push_back(kAlphabet[(n >> 12) & 63]);
-    out.push_back(i + 1 < in.size() ? kAlphabet[(n >> 6) & 63] : '=');
-    out.push_back('=');
-  }
-  return out;
-}
-
 // RFC 1123 subdomain, what Kubernetes requires of most object names (Secrets included).
 bool IsDnsSubdomain(std::string_view v) {
   if (v.empty() || v.size() > 253) return false;
@@ -384,7 +382,7 @@ StatusOr<Json> PoolTokenSecret(const PoolIdentity& id, std::string_view token) {
               {"kind", "Secret"},
               {"metadata", ObjectMeta(id, name, labels)},
               {"type", "Opaque"},
-              {"data", {{kTokenKey, Base64(token)}}}};
+              {"data", {{kTokenKey, Base64Encode(token)}}}};
 }
 
 template <typename Fn>

@@ -44,6 +44,11 @@ inline constexpr char kTokenKey[] = "token";
 inline constexpr char kTokenVolume[] = "pool-token";
 inline constexpr char kTokenMountPath[] = "/var/run/pdpool/token";
 inline constexpr char kTokenFile[] = "/var/run/pdpool/token/token";
+// Workers: a downward-API volume with the pod's labels, read with --labels-file (the role label
+// decides the worker's role after an in-place move).
+inline constexpr char kPodInfoVolume[] = "podinfo";
+inline constexpr char kPodInfoMountPath[] = "/etc/pdpool/podinfo";
+inline constexpr char kPodInfoLabelsFile[] = "labels";
 }  // namespace wellknown
 
 enum class WorkerRole { kPrefill, kDecode };
@@ -67,10 +72,12 @@ Json PoolOwnerReference(const PoolIdentity& pool);
 
 // The pod template (a PodTemplateSpec) of a worker role, without the template-hash label:
 // labels, the `worker` container (image, `pdpool-agent worker --role --backend --model
-// --served-model-name --weights --tensor-parallel --kv-transport --port --auth-token-file`,
+// --served-model-name --weights --tensor-parallel --kv-transport --port --auth-token-file
+// --labels-file`,
 // downward-API env, port 8000 `http`, nvidia.com/gpu requests and limits of gpusPerReplica,
 // probes), the `pool-token` volume (Secret `<pool>-token`) mounted read-only at
-// /var/run/pdpool/token, affinity from WorkerAffinity(spec.topology.key, domain, policy), then
+// /var/run/pdpool/token, the `podinfo` downward-API volume (labels) at /etc/pdpool/podinfo,
+// affinity from WorkerAffinity(spec.topology.key, domain, policy), then
 // spec.template merged on top (see MergePodTemplate). The identity labels, the token volume and
 // the worker's token mount are applied again after the merge: the ReplicaSet selector must
 // always match, and an override that lists its own volumes or volumeMounts (lists replace) must

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "common/http_server.h"
 #include "common/kube/http_kube_client.h"
 #include "common/kube/kubeconfig.h"
 #include "common/log.h"
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--identity", options.identity,
                  "Leader election identity (default: hostname_pid)");
+  options.admin_host = pdpool::DefaultListenHost();
   app.add_option("--metrics-bind-address", options.admin_host,
                  "Address of /healthz, /readyz, /metrics")
       ->capture_default_str();
@@ -47,6 +49,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--kube-api-burst", burst, "Client-side burst of API requests")
       ->capture_default_str();
+  double planner_warmup_seconds = 60;
+  app.add_option("--planner-warmup", planner_warmup_seconds,
+                 "Seconds a worker must have been ready before its samples refine the planner's "
+                 "capacity model (model load and warm-up make the first samples unrepresentative)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", log_level, "debug|info|warn|error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -73,6 +81,8 @@ int main(int argc, char** argv) {
                   {{"server", config->server},
                    {"namespace", options.watch_namespace.empty() ? "*" : options.watch_namespace},
                    {"leader_elect", options.leader_elect ? "true" : "false"}});
+  options.planner_warmup = std::chrono::duration_cast<pdpool::Duration>(
+      std::chrono::duration<double>(planner_warmup_seconds));
   pdpool::controller::Manager manager(client->get(), options);
   pdpool::OnTerminationSignal([&manager] { manager.Stop(); });
   pdpool::Status s = manager.Run();

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "controller/controller_metrics.h"
 #include "controller/pool_reconciler.h"
+#include "controller/prometheus_targets.h"
 
 namespace pdpool::controller {
 namespace {
@@ -86,6 +87,9 @@ struct Manager::Impl {
   std::unique_ptr<kube::EventRecorder> events;
   std::vector<std::unique_ptr<kube::Informer>> informers;
   kube::Informer* pools = nullptr;
+  std::atomic<kube::Informer*> pod_cache{nullptr};  // set once the controllers start (leader)
+  std::unique_ptr<planner::PoolAutoscaler> autoscaler;
+  std::unique_ptr<RoleNotifier> role_notifier;
   std::unique_ptr<PoolReconciler> reconciler;
   std::vector<std::thread> threads;
   std::atomic<bool> leading{false};
@@ -126,6 +130,7 @@ struct Manager::Impl {
     // Placement needs every pod and node: GPUs used by anyone count.
     auto* pods = NewInformer(kube::kPods, {});
     auto* nodes = NewInformer(kube::kNodes, {});
+    pod_cache.store(pods);
     for (auto* inf : {rs, deps, svcs, pods}) inf->AddIndex(kPoolIndex, PoolIndexValues);
 
     pools->AddHandler(kube::InformerHandler{
@@ -186,8 +191,14 @@ struct Manager::Impl {
         },
         [pod_freed](const kube::ObjectPtr& o) { pod_freed(o); }});
 
+    planner::AutoscalerOptions autoscaler_options;
+    autoscaler_options.source_factory = planner::DefaultMetricsSourceFactory(clock);
+    autoscaler_options.warmup = options.planner_warmup;
+    autoscaler = std::make_unique<planner::PoolAutoscaler>(autoscaler_options, &metrics);
+    role_notifier = std::make_unique<RoleNotifier>();
     reconciler = std::make_unique<PoolReconciler>(
-        client, ClusterCaches{pools, rs, deps, svcs, pods, nodes, secrets}, events.get(), clock);
+        client, ClusterCaches{pools, rs, deps, svcs, pods, nodes, secrets}, events.get(), clock,
+        autoscaler.get(), role_notifier.get());
 
     for (auto& inf : informers) {
       kube::Informer* raw = inf.get();
@@ -266,6 +277,13 @@ Status Manager::Run() {
   admin.port = m.options.admin_port;
   // Ready once this replica is useful: caches synced as leader, or waiting as a standby.
   admin.ready = [&m] { return m.synced.load() || (m.options.leader_elect && !m.leading.load()); };
+  // Prometheus HTTP service discovery of the pools' pods (from the leader's cache; a standby
+  // answers an empty list).
+  admin.endpoints.push_back({kPrometheusTargetsPath, "application/json", [&m] {
+                               kube::Informer* pods = m.pod_cache.load();
+                               if (!pods || !m.synced.load()) return std::string("[]");
+                               return PrometheusTargets(pods->List()).dump();
+                             }});
   AdminServer server(admin, m.metrics.registry());
   if (Status s = server.Start(); !s.ok()) return s;
 

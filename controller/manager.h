@@ -24,6 +24,8 @@ struct ManagerOptions {
   std::string admin_host = "0.0.0.0";
   int admin_port = 8080;  // /healthz /readyz /metrics; 0: any free port
   int workers = 8;
+  // Workers ready for less than this are left out of the planner's capacity samples.
+  Duration planner_warmup = std::chrono::seconds(60);
 };
 
 class Manager {

@@ -3,10 +3,13 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <sstream>
 
+#include "common/base64.h"
 #include "common/log.h"
 #include "controller/conditions.h"
 #include "controller/desired_state.h"
@@ -50,6 +53,74 @@ std::string JoinErrors(const std::vector<SpecError>& errors) {
     out += e.field + ": " + e.message;
   }
   return out;
+}
+
+// Ready replicas of one role, all revisions of the pool's ReplicaSets together.
+int32_t ReadyOfRole(const std::vector<Json>& owned, const std::string& pool_uid, WorkerRole role) {
+  int32_t ready = 0;
+  for (const Json& rs : owned) {
+    if (ControllerUid(rs) != pool_uid) continue;
+    if (JsonGet<std::string>(rs, "/metadata/labels/pdpool.dev~1role", "") != WorkerRoleName(role)) {
+      continue;
+    }
+    ready += StatusInt(rs, "/status/readyReplicas");
+  }
+  return ready;
+}
+
+// GPUs the pool's workers may hold after the planner's decision: the budget, and what the
+// domain has for the pool (its own GPUs included: placement does not count them as used).
+int PlannerGpuLimit(const PlacementResult& placement, const std::string& domain,
+                    const PoolSpec& spec, TopologyPolicy policy) {
+  int64_t limit = 0;
+  if (policy != TopologyPolicy::kNone) {
+    for (const DomainCapacity& d : placement.domains) {
+      if (d.name == domain) limit = d.free_gpus;
+    }
+  }
+  if (spec.autoscaling.gpu_budget > 0) {
+    limit = limit > 0 ? std::min<int64_t>(limit, spec.autoscaling.gpu_budget)
+                      : spec.autoscaling.gpu_budget;
+  }
+  return static_cast<int>(std::min<int64_t>(limit, 1 << 20));
+}
+
+// nvidia.com/gpu.product of a node in `domain` (GPU feature discovery sets it), or "".
+std::string DomainGpuProduct(const std::vector<kube::ObjectPtr>& nodes,
+                             const std::string& topology_key, const std::string& domain) {
+  const std::string key = topology_key.empty() ? wellknown::kDefaultTopologyKey : topology_key;
+  for (const auto& node : nodes) {
+    if (!domain.empty() && JsonStringAt(*node, {"metadata", "labels", key}) != domain) continue;
+    std::string product = JsonStringAt(*node, {"metadata", "labels", "nvidia.com/gpu.product"});
+    if (!product.empty()) return product;
+  }
+  return "";
+}
+
+// The pool's pods as the planner's metrics sources need them.
+std::vector<planner::PoolPod> PlannerPods(const std::vector<kube::ObjectPtr>& pods) {
+  std::vector<planner::PoolPod> out;
+  for (const auto& pod : pods) {
+    if (!JsonGet<std::string>(*pod, "/metadata/deletionTimestamp", "").empty()) continue;
+    planner::PoolPod p;
+    p.name = JsonGet<std::string>(*pod, "/metadata/name", "");
+    p.ip = JsonGet<std::string>(*pod, "/status/podIP", "");
+    p.role = JsonGet<std::string>(*pod, "/metadata/labels/pdpool.dev~1role", "");
+    p.port = p.role == wellknown::kRouterRole ? wellknown::kRouterPort : wellknown::kWorkerPort;
+    for (const auto& c : JsonGet<Json>(*pod, "/status/conditions", Json::array())) {
+      if (!c.is_object() || c.value("type", "") != "Ready") continue;
+      p.ready = c.value("status", "") == "True";
+      ParseRfc3339(c.value("lastTransitionTime", ""), &p.ready_since);
+    }
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+// A JSON number that the API server accepts (no NaN/Inf), rounded for a stable status.
+Json Rounded(double v, double scale = 1000) {
+  if (!std::isfinite(v)) return nullptr;
+  return std::round(v * scale) / scale;
 }
 
 struct RoleOutcome {
@@ -130,12 +201,109 @@ std::vector<std::string> PoolIndexValues(const Json& object) {
 }
 
 PoolReconciler::PoolReconciler(kube::KubeClient* client, ClusterCaches caches,
-                               kube::EventRecorder* events, Clock* clock)
-    : client_(client), caches_(caches), events_(events), clock_(clock) {}
+                               kube::EventRecorder* events, Clock* clock,
+                               planner::PoolAutoscaler* autoscaler, RoleNotifier* notifier)
+    : client_(client),
+      caches_(caches),
+      events_(events),
+      clock_(clock),
+      autoscaler_(autoscaler),
+      notifier_(notifier) {}
+
+void PoolReconciler::ApplyPlannerResult(const planner::AutoscaleResult& planned, WallTime now,
+                                        const Json& pool, Json* status, Json* conditions,
+                                        int64_t generation) {
+  const planner::PlannerDecision& d = planned.decision;
+  const char* kind = planner::DecisionKindName(d.kind);
+  Json autoscaling = {{"lastEvaluationTime", FormatRfc3339(now)},
+                      {"decision", kind},
+                      {"reason", d.reason},
+                      {"metricsSource", planned.source_name},
+                      {"neededPrefill", d.needed_prefill},
+                      {"neededDecode", d.needed_decode}};
+  if (Json rate = Rounded(d.predicted_request_rate); !rate.is_null()) {
+    autoscaling["predictedRequestRate"] = rate;
+  }
+  (*status)["autoscaling"] = autoscaling;
+  if (planned.metrics_status.ok()) {
+    SetCondition(conditions, "MetricsAvailable", kConditionTrue, "MetricsRead",
+                 "reading the pool's metrics from " + planned.source_name, generation, now);
+    Json observed = Json::object();
+    const planner::PoolSignals& s = planned.signals;
+    if (Json v = Rounded(s.request_rate); !v.is_null()) observed["requestRate"] = v;
+    if (Json v = Rounded(s.ttft_seconds, 1e4); !v.is_null()) observed["ttftP90"] = v;
+    if (Json v = Rounded(s.tpot_seconds, 1e5); !v.is_null()) observed["tpotP90"] = v;
+    (*status)["observed"] = observed;
+  } else {
+    const bool unreachable = planned.metrics_status.code() == StatusCode::kUnavailable;
+    const std::string message =
+        planned.metrics_status.message() + "; holding the current size until metrics return";
+    if (SetCondition(conditions, "MetricsAvailable", kConditionFalse,
+                     unreachable ? "MetricsUnreachable" : "NoMetrics", message, generation, now)) {
+      events_->Record(pool, "Warning", unreachable ? "MetricsUnreachable" : "NoMetrics", message);
+    }
+  }
+  if (d.kind == planner::DecisionKind::kScaleUp || d.kind == planner::DecisionKind::kScaleDown ||
+      d.kind == planner::DecisionKind::kRebalance) {
+    (*status)["lastScale"] = {{"time", FormatRfc3339(now)}, {"reason", d.reason}};
+    static constexpr const char* kReasons[] = {"PlannerHold",       "PlannerScaledUp",
+                                               "PlannerScaledDown", "PlannerRebalanced",
+                                               "PlannerPending",    "PlannerNoMetrics"};
+    events_->Record(pool, "Normal", kReasons[static_cast<int>(d.kind)], d.reason);
+  }
+  LogInfo("planner decision", {{"pool", JsonGet<std::string>(pool, "/metadata/namespace", "") +
+                                            "/" + JsonGet<std::string>(pool, "/metadata/name", "")},
+                               {"decision", kind},
+                               {"prefill", d.prefill},
+                               {"decode", d.decode},
+                               {"moves_to_prefill", d.moves_to_prefill},
+                               {"reason", d.reason}});
+}
+
+Status PoolReconciler::MoveWorkers(const Json& pool, const std::string& key, const std::string& ns,
+                                   const std::vector<kube::ObjectPtr>& pool_pods, WorkerRole from,
+                                   WorkerRole to, const std::string& from_hash,
+                                   const std::string& to_hash, int count, WallTime now) {
+  const std::string from_name(WorkerRoleName(from));
+  const std::string to_name(WorkerRoleName(to));
+  std::string token;
+  const std::string pool_name = JsonGet<std::string>(pool, "/metadata/name", "");
+  if (kube::ObjectPtr secret = caches_.secrets->Get(ns + "/" + PoolTokenSecretName(pool_name))) {
+    auto decoded =
+        Base64Decode(JsonStringAt(*secret, {"data", wellknown::kTokenKey}), "pool token");
+    if (decoded.ok()) token = *decoded;
+  }
+  for (const Json* pod : PickWorkersToMove(Borrow(pool_pods), from_name, from_hash, count)) {
+    const std::string name = JsonGet<std::string>(*pod, "/metadata/name", "");
+    kube::PatchOptions po;
+    po.field_manager = "pdpool-controller";
+    auto patched = client_->Patch(kube::kPods, ns, name, kube::PatchType::kMerge,
+                                  MovePatch(from_name, to_name, to_hash, now), po);
+    if (!patched.ok()) {
+      if (patched.status().IsNotFound()) continue;
+      return patched.status();
+    }
+    events_->Record(pool, "Normal", "MovedWorker",
+                    "Moved worker " + name + " from " + from_name + " to " + to_name +
+                        " in place (no restart, weights kept)");
+    LogInfo("moving worker in place",
+            {{"pool", key}, {"pod", name}, {"from", from_name}, {"to", to_name}});
+    const std::string ip = JsonGet<std::string>(*pod, "/status/podIP", "");
+    if (notifier_ && !ip.empty() && !token.empty()) {
+      notifier_->Notify({ns + "/" + name, ip, wellknown::kWorkerPort, to_name, token});
+    }
+  }
+  return Status::Ok();
+}
 
 ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
   kube::ObjectPtr cached = caches_.pools->Get(key);
-  if (!cached) return {};  // deleted: owner references let the garbage collector remove children
+  if (!cached) {  // deleted: owner references let the garbage collector remove children
+    if (autoscaler_ && key.find('/') != std::string::npos) {
+      autoscaler_->Forget(key.substr(0, key.find('/')), key.substr(key.find('/') + 1));
+    }
+    return {};
+  }
   const Json& pool = *cached;
   if (!JsonGet<std::string>(pool, "/metadata/deletionTimestamp", "").empty()) return {};
 
@@ -217,8 +385,28 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     return result;
   }
   const TopologyPolicy policy = TopologyPolicyFromString(spec.topology.policy);
-  const int32_t prefill_replicas = spec.prefill.replicas;
-  const int32_t decode_replicas = spec.decode.replicas;
+  // The sizes: the spec's, or with autoscaling the planner's last ones (kept in status, so a new
+  // leader carries on from them), within the bounds.
+  int32_t prefill_replicas = spec.prefill.replicas;
+  int32_t decode_replicas = spec.decode.replicas;
+  if (spec.autoscaling.enabled) {
+    int planned_prefill = 0, planned_decode = 0;
+    if (autoscaler_ &&
+        autoscaler_->LastSizes(ns, identity->name, &planned_prefill, &planned_decode)) {
+      status["prefill"]["desiredReplicas"] = planned_prefill;
+      status["decode"]["desiredReplicas"] = planned_decode;
+    }
+    prefill_replicas = std::clamp(
+        JsonGet<int32_t>(status, "/prefill/desiredReplicas", spec.prefill.replicas),
+        spec.prefill.min_replicas, std::max(spec.prefill.min_replicas, spec.prefill.max_replicas));
+    decode_replicas = std::clamp(
+        JsonGet<int32_t>(status, "/decode/desiredReplicas", spec.decode.replicas),
+        spec.decode.min_replicas, std::max(spec.decode.min_replicas, spec.decode.max_replicas));
+  } else if (autoscaler_) {
+    autoscaler_->Forget(ns, identity->name);
+    status.erase("autoscaling");
+    RemoveCondition(&conditions, "MetricsAvailable");
+  }
 
   // 3. Placement: one NVLink domain that holds every worker.
   PoolSpec sized = spec;
@@ -248,11 +436,65 @@ ReconcileResult PoolReconciler::Reconcile(const std::string& key) {
     if (!domain.empty()) status["placement"]["domain"] = domain;
   }
 
-  // 4. Worker ReplicaSets, one revision per pod template; old revisions drain as the new
-  // one becomes ready.
   std::vector<Json> owned = Snapshot(caches_.replica_sets->ByIndex(kPoolIndex, key));
+  const std::vector<kube::ObjectPtr> pool_pods = caches_.pods->ByIndex(kPoolIndex, key);
+
+  // 3b. The planner: at most once per interval, new sizes from the pool's metrics.
+  int moves_to_prefill = 0;
+  if (autoscaler_ && spec.autoscaling.enabled && create_workers) {
+    planner::PoolView view;
+    view.namespace_name = ns;
+    view.name = identity->name;
+    view.spec = &spec;
+    view.prefill = {prefill_replicas, ReadyOfRole(owned, identity->uid, WorkerRole::kPrefill),
+                    spec.prefill.min_replicas, spec.prefill.max_replicas,
+                    spec.prefill.gpus_per_replica};
+    view.decode = {decode_replicas, ReadyOfRole(owned, identity->uid, WorkerRole::kDecode),
+                   spec.decode.min_replicas, spec.decode.max_replicas,
+                   spec.decode.gpus_per_replica};
+    view.gpu_limit = PlannerGpuLimit(placement, domain, spec, policy);
+    view.gpu_product = DomainGpuProduct(nodes, spec.topology.key, domain);
+    view.pods = PlannerPods(pool_pods);
+    planner::AutoscaleResult planned = autoscaler_->Evaluate(view, now);
+    if (planned.next_in.count() > 0 &&
+        (result.requeue_after.count() == 0 || planned.next_in < result.requeue_after)) {
+      result.requeue_after = planned.next_in;
+    }
+    if (!planned.error.ok()) {
+      SetCondition(&conditions, "MetricsAvailable", kConditionFalse, "PlannerUnavailable",
+                   planned.error.message(), generation, now);
+    } else if (planned.evaluated) {
+      ApplyPlannerResult(planned, now, pool, &status, &conditions, generation);
+      const planner::PlannerDecision& decision = planned.decision;
+      // Moves only between settled revisions (a rollout replaces every pod anyway).
+      moves_to_prefill = decision.moves_to_prefill;
+      prefill_replicas = decision.prefill;
+      decode_replicas = decision.decode;
+    }
+  }
+
+  // 4. Worker ReplicaSets, one revision per pod template; old revisions drain as the new
+  // one becomes ready. With in-place moves the receiving role goes first, then the moved pods
+  // are relabelled, then the giving role shrinks (see in_place_move.h).
   std::map<WorkerRole, RoleOutcome> outcomes;
+  std::map<WorkerRole, std::string> current_hash;
   for (WorkerRole role : {WorkerRole::kPrefill, WorkerRole::kDecode}) {
+    auto built = BuildWorkerReplicaSet(pool, spec, role, domain, policy, 0);
+    if (!built.ok()) return {built.status()};
+    current_hash[role] =
+        JsonGet<std::string>(*built, "/metadata/labels/pdpool.dev~1template-hash", "");
+  }
+  const WorkerRole receiver = moves_to_prefill < 0 ? WorkerRole::kDecode : WorkerRole::kPrefill;
+  const WorkerRole giver =
+      receiver == WorkerRole::kPrefill ? WorkerRole::kDecode : WorkerRole::kPrefill;
+  for (WorkerRole role : {receiver, giver}) {
+    if (role == giver && moves_to_prefill != 0) {
+      if (Status s = MoveWorkers(pool, key, ns, pool_pods, giver, receiver, current_hash[giver],
+                                 current_hash[receiver], std::abs(moves_to_prefill), now);
+          !s.ok()) {
+        return fail(s);
+      }
+    }
     const int32_t desired = role == WorkerRole::kPrefill ? prefill_replicas : decode_replicas;
     RoleOutcome& outcome = outcomes[role];
     outcome.desired = desired;

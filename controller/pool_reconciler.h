@@ -15,6 +15,9 @@
 #include "common/kube/informer.h"
 #include "common/kube/kube_client.h"
 #include "common/status.h"
+#include "controller/desired_state.h"
+#include "controller/in_place_move.h"
+#include "controller/planner/pool_autoscaler.h"
 
 namespace pdpool::controller {
 
@@ -51,15 +54,30 @@ struct ReconcileResult {
 
 class PoolReconciler {
  public:
+  // `autoscaler` (may be null: pools then keep spec replicas) sizes pools with
+  // spec.autoscaling.enabled; `notifier` (may be null: moved workers learn their role from
+  // their labels file only) tells moved workers their new role.
   PoolReconciler(kube::KubeClient* client, ClusterCaches caches, kube::EventRecorder* events,
-                 Clock* clock);
+                 Clock* clock, planner::PoolAutoscaler* autoscaler = nullptr,
+                 RoleNotifier* notifier = nullptr);
   ReconcileResult Reconcile(const std::string& key);
 
  private:
+  // Status, condition, Event and log of one planner evaluation.
+  void ApplyPlannerResult(const planner::AutoscaleResult& planned, WallTime now, const Json& pool,
+                          Json* status, Json* conditions, int64_t generation);
+  // Relabels up to `count` ready pods of `from` (current revision) to `to` and tells them.
+  Status MoveWorkers(const Json& pool, const std::string& key, const std::string& ns,
+                     const std::vector<kube::ObjectPtr>& pool_pods, WorkerRole from, WorkerRole to,
+                     const std::string& from_hash, const std::string& to_hash, int count,
+                     WallTime now);
+
   kube::KubeClient* client_;
   ClusterCaches caches_;
   kube::EventRecorder* events_;
   Clock* clock_;
+  planner::PoolAutoscaler* autoscaler_;
+  RoleNotifier* notifier_;
 };
 
 }  // namespace pdpool::controller

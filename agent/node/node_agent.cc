@@ -1,13 +1,20 @@
-// NodeAgent: flag validation, node naming, pod IP ranges, and the set of SimNodes.
+// NodeAgent: flag validation, node naming, pod IP ranges, the pod runner per node, and the set
+// of SimNodes.
 #include "agent/node/node_agent.h"
+
+#include <unistd.h>
 
 #include <cctype>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <regex>
 #include <set>
 #include <thread>
 
+#include "agent/node/pod_data_source.h"
+#include "agent/node/process_pod_runner.h"
+#include "agent/node/status_only_pod_runner.h"
 #include "common/log.h"
 
 namespace pdpool::agent {
@@ -181,6 +188,105 @@ StatusOr<std::vector<SimNodeOptions>> ExpandNodeOptions(const NodeAgentOptions& 
     nodes.push_back(std::move(n));
   }
   return nodes;
+}
+
+bool SplitServerUrl(const std::string& url, std::string* host, std::string* port) {
+  std::string rest = url;
+  std::string default_port;
+  if (rest.starts_with("https://")) {
+    rest = rest.substr(8);
+    default_port = "443";
+  } else if (rest.starts_with("http://")) {
+    rest = rest.substr(7);
+    default_port = "80";
+  } else {
+    return false;
+  }
+  rest = rest.substr(0, rest.find('/'));
+  if (rest.empty()) return false;
+  std::string h, p;
+  if (rest.front() == '[') {
+    size_t close = rest.find(']');
+    if (close == std::string::npos) return false;
+    h = rest.substr(1, close - 1);
+    if (close + 1 < rest.size()) {
+      if (rest[close + 1] != ':') return false;
+      p = rest.substr(close + 2);
+    }
+  } else {
+    size_t colon = rest.rfind(':');
+    h = rest.substr(0, colon);
+    if (colon != std::string::npos) p = rest.substr(colon + 1);
+  }
+  if (p.empty()) p = default_port;
+  if (h.empty() || p.find_first_not_of("0123456789") != std::string::npos) return false;
+  *host = h;
+  *port = p;
+  return true;
+}
+
+StatusOr<PodRunnerFactory> NewPodRunnerFactory(const NodeAgentOptions& o, kube::KubeClient* client,
+                                               const Clock* clock, const std::string& api_server) {
+  auto invalid = [](const std::string& m) { return Status::InvalidArgument(m); };
+  if (o.pod_runner == "status-only") {
+    return PodRunnerFactory([clock](const SimNodeOptions&) -> std::unique_ptr<PodRunner> {
+      return std::make_unique<StatusOnlyPodRunner>(clock);
+    });
+  }
+  if (o.pod_runner != "process") {
+    return invalid("--pod-runner \"" + o.pod_runner + "\": must be status-only or process");
+  }
+  ProcessPodRunnerOptions base;
+  auto backoff = ParseDuration(o.restart_backoff);
+  if (!backoff.ok() || *backoff <= Duration::zero()) {
+    return invalid("--restart-backoff \"" + o.restart_backoff + "\": must be a duration > 0");
+  }
+  auto max_backoff = ParseDuration(o.max_restart_backoff);
+  if (!max_backoff.ok() || *max_backoff < *backoff) {
+    return invalid("--max-restart-backoff \"" + o.max_restart_backoff +
+                   "\": must be a duration >= --restart-backoff");
+  }
+  auto shutdown = ParseDuration(o.shutdown_grace_period);
+  if (!shutdown.ok()) {
+    return invalid("--shutdown-grace-period: " + shutdown.status().message());
+  }
+  base.restart_backoff.initial = *backoff;
+  base.restart_backoff.max = *max_backoff;
+  // The kubelet forgets a container's crashes after twice the longest back-off.
+  base.restart_backoff.reset_after = 2 * *max_backoff;
+  base.shutdown_grace = *shutdown;
+  std::error_code ec;
+  base.binary_dir = o.binary_dir;
+  if (base.binary_dir.empty()) {
+    auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (ec) return invalid("--binary-dir: not given, and /proc/self/exe: " + ec.message());
+    base.binary_dir = exe.parent_path().string();
+  }
+  if (!std::filesystem::is_directory(base.binary_dir, ec)) {
+    return invalid("--binary-dir " + base.binary_dir + ": not a directory");
+  }
+  if (o.state_dir.empty()) return invalid("--state-dir: must not be empty");
+  std::filesystem::create_directories(o.state_dir, ec);
+  if (ec) return invalid("--state-dir " + o.state_dir + ": " + ec.message());
+  base.node_dir = std::filesystem::absolute(o.state_dir, ec).string();
+  if (!SplitServerUrl(api_server, &base.api_server_host, &base.api_server_port)) {
+    return invalid("API server URL \"" + api_server +
+                   "\" (from the kubeconfig): want https://host:port");
+  }
+  if (::geteuid() != 0) {
+    LogWarn(
+        "the process pod runner needs root (a private mount namespace per container); "
+        "containers will fail to start",
+        {{"euid", static_cast<int64_t>(::geteuid())}});
+  }
+  PodDataSource data = ApiPodDataSource(client);
+  return PodRunnerFactory(
+      [clock, data, base](const SimNodeOptions& node) -> std::unique_ptr<PodRunner> {
+        ProcessPodRunnerOptions options = base;
+        options.node_name = node.name;
+        options.node_dir = base.node_dir + "/" + node.name;
+        return std::make_unique<ProcessPodRunner>(clock, data, options);
+      });
 }
 
 NodeAgent::NodeAgent(kube::KubeClient* client, const Clock* clock,

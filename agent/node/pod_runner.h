@@ -3,12 +3,14 @@
 // whether pods only look alive (StatusOnlyPodRunner) or run their container commands as local
 // processes. The node assigns each pod its IP before Start; the runner reports container state
 // (including readiness) as a PodRunStatus, once from Start and then on every change through the
-// listener. Implementations are thread-safe: Start and Stop may be called concurrently for
+// listener; Update hands a running pod's newer object (labels, annotations) to the runner.
+// Implementations are thread-safe: Start, Update and Stop may be called concurrently for
 // different pods from different threads, and the listener may be called from any thread but
-// never from inside Start or Stop.
+// never from inside Start, Update, Stop or Shutdown.
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,15 @@
 
 namespace pdpool::agent {
 
+// How a container's previous run ended (status.containerStatuses[].lastState.terminated).
+struct ContainerTermination {
+  int exit_code = 0;
+  std::string reason;  // "Completed", "Error", "StartError"
+  std::string message;
+  WallTime started_at{};
+  WallTime finished_at{};
+};
+
 // One container's state, as the node reports it in status.containerStatuses.
 struct ContainerRunState {
   enum class Phase { kWaiting, kRunning, kTerminated };
@@ -24,7 +35,7 @@ struct ContainerRunState {
   std::string name;
   std::string image;
   std::string image_id;
-  std::string container_id;  // "pdpool://<pod uid>/<container>"
+  std::string container_id;  // "pdpool://<pod uid>/<container>" ("" before the first start)
   Phase phase = Phase::kWaiting;
   bool ready = false;    // readiness (a probe, or "running" when the container has none)
   bool started = false;  // startup finished
@@ -34,6 +45,7 @@ struct ContainerRunState {
   int exit_code = 0;       // kTerminated
   std::string reason;      // kWaiting: "ContainerCreating"; kTerminated: "Completed", "Error"
   std::string message;
+  std::optional<ContainerTermination> last_termination;  // the run before this one
 };
 
 // The state of all of a pod's containers (spec.containers order).
@@ -72,6 +84,17 @@ class PodRunner {
   // them. Blocks until they are gone; the runner forgets the pod afterwards. A uid the runner
   // does not know is a no-op.
   virtual void Stop(const std::string& uid, Duration grace_period) = 0;
+
+  // The pod (by metadata.uid) changed in the API server while running: a runner that projects
+  // the pod's metadata into its containers (downward-API volumes) brings them up to date.
+  // A uid the runner does not know is a no-op.
+  virtual void Update(const Json& /*pod*/) {}
+
+  // The node is shutting down. A runner whose pods cannot outlive the agent (local processes)
+  // stops them all, each within its grace period (capped by the runner), and returns when
+  // they are gone; one whose pods only look alive does nothing, so they keep looking alive
+  // for the next agent, as a kubelet restart leaves containers running.
+  virtual void Shutdown() {}
 };
 
 }  // namespace pdpool::agent

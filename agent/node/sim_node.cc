@@ -139,9 +139,23 @@ Json ContainerStatusJson(const ContainerRunState& c) {
       break;
     }
   }
-  return {{"name", c.name},   {"state", state},        {"lastState", Json::object()},
-          {"ready", c.ready}, {"started", c.started},  {"restartCount", c.restart_count},
-          {"image", c.image}, {"imageID", c.image_id}, {"containerID", c.container_id}};
+  Json last_state = Json::object();
+  if (c.last_termination) {
+    const ContainerTermination& t = *c.last_termination;
+    Json term = {
+        {"exitCode", t.exit_code},
+        {"reason", t.reason.empty() ? (t.exit_code == 0 ? "Completed" : "Error") : t.reason},
+        {"startedAt", FormatRfc3339(t.started_at)},
+        {"finishedAt", FormatRfc3339(t.finished_at)}};
+    if (!t.message.empty()) term["message"] = t.message;
+    last_state["terminated"] = term;
+  }
+  Json status = {{"name", c.name},   {"state", state},       {"lastState", last_state},
+                 {"ready", c.ready}, {"started", c.started}, {"restartCount", c.restart_count},
+                 {"image", c.image}, {"imageID", c.image_id}};
+  // A container that never started has no ID yet (the kubelet omits it too).
+  if (!c.container_id.empty()) status["containerID"] = c.container_id;
+  return status;
 }
 
 }  // namespace
@@ -197,6 +211,7 @@ void SimNode::Stop() {
     stoppers.swap(stoppers_);
   }
   for (auto& [uid, t] : stoppers) t.join();
+  runner_->Shutdown();
   LogInfo("node agent stopped", {{"node", options_.name}});
 }
 
@@ -785,13 +800,23 @@ void SimNode::SyncPod(const std::string& uid) {
     lock.unlock();
     PodRunStatus run = runner_->Start(request);
     lock.lock();
+    st.given = pod;
     if (!st.run) st.run = std::move(run);  // a listener update that came meanwhile is newer
     // "resumed": it already ran here before this agent (re)started, and keeps its address.
     LogInfo(resumed ? "pod resumed" : "pod started",
             {{"node", options_.name}, {"pod", key}, {"ip", st.ip}});
   }
 
-  // kRunning: make the API server show what the runner reports.
+  // kRunning. A newer object (relabelled, annotated) goes to the runner first, so what the
+  // containers see of their pod follows the API server.
+  if (st.given != pod) {
+    st.given = pod;
+    lock.unlock();
+    runner_->Update(*pod);
+    lock.lock();
+  }
+
+  // Make the API server show what the runner reports.
   Json desired =
       BuildPodStatus(*pod, *st.run, st.ip, options_.host_ip, st.start_time, clock_->WallNow());
   bool terminal = IsTerminalPhase(desired.value("phase", ""));

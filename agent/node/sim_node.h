@@ -61,8 +61,10 @@ class SimNode {
   // Starts the heartbeat, pod watch and pod sync threads. Registration happens on the first
   // heartbeat, so Start never blocks on the API server.
   void Start();
-  // Stops watching and heartbeating and joins the threads. Pods are left running, as a
-  // kubelet restart leaves them; pod stops already under way are waited for.
+  // Stops watching and heartbeating and joins the threads; pod stops already under way are
+  // waited for. Then the runner's Shutdown decides what happens to the pods: a status-only
+  // runner leaves them looking alive, as a kubelet restart leaves containers running; the
+  // process runner stops them, since its processes cannot outlive the agent.
   void Stop();
 
   const std::string& name() const { return options_.name; }
@@ -99,6 +101,7 @@ class SimNode {
     WallTime start_time{};
     int failures = 0;          // consecutive API failures, for backoff
     bool delete_sent = false;  // the finalizing delete succeeded; its DELETED event follows
+    kube::ObjectPtr given;     // the object last handed to the runner (Start or Update)
   };
 
   // Heartbeats and registration.

@@ -77,6 +77,7 @@ Status GenerationFlow::StartDisaggregated() {
   std::vector<const RouterWorker*> skip_decode;
   std::vector<const RouterWorker*> tried_prefill;
   Status last_prefill_error;
+  Status last_busy;
   for (prefill_attempts_ = 0; prefill_attempts_ < kMaxPrefillAttempts;) {
     auto prefill = pool_->Pick(WorkerRole::kPrefill, tried_prefill);
     if (!prefill) break;
@@ -98,16 +99,27 @@ Status GenerationFlow::StartDisaggregated() {
     }
     ReleaseReservation();
     if (r.status().code() == StatusCode::kInvalidArgument) return r.status();
+    tried_prefill.push_back(prefill.get());
+    if (IsWorkerBusy(r.status())) {
+      // Up but not taking prefill work now (queue full, draining, switching role): another
+      // worker, without counting it against the worker's health or the attempts.
+      --prefill_attempts_;
+      last_busy = r.status();
+      continue;
+    }
     pool_->ReportFailure(prefill.get(), r.status());
     metrics_->CountWorkerError(WorkerRole::kPrefill, "prefill");
     LogWarn("prefill failed", {{"worker", prefill->address()},
                                {"request_id", request_.request_id},
                                {"attempt", prefill_attempts_},
                                {"error", r.status().ToString()}});
-    tried_prefill.push_back(prefill.get());
     last_prefill_error = r.status();
   }
-  if (last_prefill_error.ok()) return Status::Unavailable("no prefill worker available");
+  if (last_prefill_error.ok()) {
+    return Status::Unavailable(last_busy.ok() ? "no prefill worker available"
+                                              : "no prefill worker has room for the request: " +
+                                                    last_busy.message());
+  }
   return Status::Internal("prefill failed after " + std::to_string(prefill_attempts_) +
                           " attempt(s): " + last_prefill_error.message());
 }

@@ -4,8 +4,9 @@
 //     prefill worker with that reservation as the destination; the prefill reply carries the
 //     first token; then the decode worker streams the rest. A failed prefill (connection
 //     error, 5xx, timeout) releases the reservation, reserves again and retries on another
-//     prefill worker (kMaxPrefillAttempts in all); a decode worker answering 503 to reserve
-//     is skipped for another.
+//     prefill worker (kMaxPrefillAttempts in all); a worker answering 503 (busy, draining,
+//     switching role) to reserve or prefill is skipped for another, which is no attempt and
+//     no mark against its health.
 //   aggregated: generate on a `both` worker; retried on another one while no token has come.
 // Start() does everything up to the first token, so failures there become an HTTP status
 // before any byte of the response is sent; Stream() delivers the tokens.

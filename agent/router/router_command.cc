@@ -10,6 +10,7 @@
 #include "agent/router/worker_discovery.h"
 #include "agent/router/worker_pool.h"
 #include "common/clock.h"
+#include "common/http_server.h"
 #include "common/kube/http_kube_client.h"
 #include "common/kube/kubeconfig.h"
 #include "common/log.h"
@@ -33,7 +34,9 @@ RouterCommand::RouterCommand(CLI::App& app) {
       "worker that pushes the KV there, and stream the decode worker's tokens back "
       "(or generate on a `both` worker in aggregated mode).");
   auto* c = command_;
-  c->add_option("--host", host_, "listen address")->capture_default_str();
+  host_ = DefaultListenHost();
+  c->add_option("--host", host_, "listen address (default: $PDPOOL_LISTEN_HOST or 0.0.0.0)")
+      ->capture_default_str();
   c->add_option("--port", port_, "listen port (0: any free port)")
       ->check(CLI::Range(0, 65535))
       ->capture_default_str();

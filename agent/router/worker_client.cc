@@ -58,6 +58,8 @@ StatusOr<WorkerInfoReply> ParseWorkerInfo(const Json& body) {
   info.role = ParseWorkerRole(JsonStringAt(body, {"role"}));
   info.ready = JsonGet<bool>(body, "/ready", false);
   info.draining = JsonGet<bool>(body, "/draining", false);
+  const Json* switching = JsonChild(body, protocol::kRoleSwitchingToField);
+  info.switching_role = switching != nullptr && switching->is_string();
   info.block_size = JsonGet<int>(body, "/block_size", 16);
   info.kv_blocks_total = JsonGet<int64_t>(body, "/kv_blocks_total", 0);
   info.kv_blocks_free = JsonGet<int64_t>(body, "/kv_blocks_free", 0);

@@ -27,6 +27,8 @@ struct WorkerInfoReply {
   std::optional<WorkerRole> role;  // absent or unknown: keep the discovered role
   bool ready = false;
   bool draining = false;
+  // A role switch is draining the old role: no new work of either role until it is done.
+  bool switching_role = false;
   int block_size = 16;
   int64_t kv_blocks_total = 0;
   int64_t kv_blocks_free = 0;

@@ -50,7 +50,8 @@ WorkerRole WorkerPool::RoleLocked(const RouterWorker& w) const {
 }
 
 bool WorkerPool::UsableLocked(const RouterWorker& w, TimePoint now) const {
-  return w.info_ && w.info_->ready && !w.info_->draining && now >= w.unhealthy_until_;
+  return w.info_ && w.info_->ready && !w.info_->draining && !w.info_->switching_role &&
+         now >= w.unhealthy_until_;
 }
 
 double WorkerPool::ScoreLocked(const RouterWorker& w, WorkerRole role) const {
@@ -96,7 +97,7 @@ std::shared_ptr<RouterWorker> WorkerPool::Pick(WorkerRole role,
     }
   }
   if (ties.empty()) return nullptr;
-  return workers_[ties[round_robin_++ % ties.size()]];
+  return workers_[ties[round_robin_[static_cast<int>(role)]++ % ties.size()]];
 }
 
 WorkerPool::Mode WorkerPool::CurrentMode() const {

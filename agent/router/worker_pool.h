@@ -4,10 +4,11 @@
 //            prompt tokens the router has sent since that poll);
 //   decode and both: lowest KV usage (polled used blocks, plus the blocks the router has
 //            reserved since that poll);
-// ties go round-robin. A worker is usable once a poll of kInfoPath says ready and not
-// draining; a failed call or poll takes it out of rotation for a backoff that doubles with
-// consecutive failures (a successful call resets it).
-// Thread-safe: every method may be called from any thread; no lock is held during I/O.
+// ties go round-robin. A worker's role is the one its last poll reported (a role switch in
+// place shows there first), else discovery's. A worker is usable once a poll of kInfoPath says
+// ready, not draining and not switching role; a failed call or poll takes it out of rotation for a
+// backoff that doubles with consecutive failures (a successful call resets it). Thread-safe: every
+// method may be called from any thread; no lock is held during I/O.
 #pragma once
 
 #include <atomic>
@@ -161,7 +162,9 @@ class WorkerPool {
 
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<RouterWorker>> workers_;
-  uint64_t round_robin_ = 0;
+  // Per role: requests pick a prefill and a decode worker in turn, and one shared counter
+  // would hand every prefill pick the same parity (the same worker of two tied ones).
+  uint64_t round_robin_[3] = {0, 0, 0};
 
   std::mutex poll_mu_;
   std::condition_variable poll_cv_;

@@ -2,8 +2,11 @@
 #include "agent/worker/worker_command.h"
 
 #include <cstdlib>
+#include <optional>
 
+#include "agent/worker/labels_file.h"
 #include "common/clock.h"
+#include "common/http_server.h"
 #include "common/log.h"
 #include "common/secret_file.h"
 #include "common/signals.h"
@@ -19,6 +22,26 @@ StatusOr<std::string> ReadToken(const std::string& path) {
         "request must carry (the controller keeps it in a Secret per pool)");
   }
   return ReadSecretFile(path, "--auth-token-file");
+}
+
+// The role the pod's label gives, when --labels-file has one; the label value as read too
+// (the watcher's starting point). Problems are logged: the worker then keeps --role.
+std::optional<WorkerRole> RoleFromLabels(const std::string& path,
+                                         std::optional<std::string>* seen) {
+  auto labels = ReadLabelsFile(path);
+  if (!labels.ok()) {
+    LogWarn("cannot read --labels-file; using --role", {{"error", labels.status().ToString()}});
+    return std::nullopt;
+  }
+  auto it = labels->find(kWorkerRoleLabel);
+  if (it == labels->end()) return std::nullopt;
+  *seen = it->second;
+  std::optional<WorkerRole> role = ParseWorkerRole(it->second);
+  if (!role) {
+    LogWarn("pod label has an unknown role; using --role",
+            {{"label", kWorkerRoleLabel}, {"value", it->second}, {"path", path}});
+  }
+  return role;
 }
 
 }  // namespace
@@ -79,7 +102,9 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--max-batched-tokens", scheduler_.max_batched_tokens, "token budget per step")
       ->capture_default_str();
-  c->add_option("--host", server_.host, "listen address")->capture_default_str();
+  server_.host = DefaultListenHost();
+  c->add_option("--host", server_.host, "listen address (default: $PDPOOL_LISTEN_HOST or 0.0.0.0)")
+      ->capture_default_str();
   c->add_option("--port", server_.port, "HTTP port (0: any)")->capture_default_str();
   c->add_option("--kv-port", server_.kv_port, "tcp KV receiver port (0: any)")
       ->capture_default_str();
@@ -92,14 +117,30 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
   c->add_option("--http-threads", server_.http_threads, "HTTP server threads")
       ->capture_default_str();
   c->add_option("--drain-timeout", drain_timeout_s_,
-                "seconds to finish in-flight work after SIGTERM")
+                "seconds to finish in-flight work after SIGTERM, and the old role's work in a "
+                "role switch")
       ->capture_default_str();
+  c->add_option("--labels-file", labels_file_,
+                "the pod's labels (downward-API volume file): its pdpool.dev/role label "
+                "overrides --role at start, and the worker switches role in place when it "
+                "changes (checked every second)");
   c->add_option("--fault-kv-block-delay-ms", fault_kv_block_delay_ms_,
                 "fault injection for tests: sleep before sending each KV block");
 }
 
 int WorkerCommand::Run() {
-  const std::optional<WorkerRole> role = ParseWorkerRole(role_);  // CLI11 checked the value
+  std::optional<WorkerRole> role = ParseWorkerRole(role_);  // CLI11 checked the value
+  std::optional<std::string> label_seen;
+  if (!labels_file_.empty()) {
+    // A moved pod that restarts keeps the args of its first role: the label is the truth.
+    if (auto from_label = RoleFromLabels(labels_file_, &label_seen);
+        from_label && *from_label != *role) {
+      LogInfo("role from the pod label overrides --role",
+              {{"flag", role_}, {"role", WorkerRoleName(*from_label)}, {"path", labels_file_}});
+      role = from_label;
+      role_ = WorkerRoleName(*role);
+    }
+  }
   auto token = ReadToken(auth_token_file_);
   if (!token.ok()) {
     LogError("invalid flags", {{"error", token.status().message()}});
@@ -116,6 +157,8 @@ int WorkerCommand::Run() {
   server_.role = *role;
   server_.auth_token = *token;
   server_.fault_kv_block_delay = std::chrono::milliseconds(fault_kv_block_delay_ms_);
+  server_.role_switch_drain_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(drain_timeout_s_ * 1000));
   if (server_.advertise_host.empty() || server_.advertise_host == "127.0.0.1") {
     const char* pod_ip = std::getenv("POD_IP");
     if (pod_ip != nullptr && *pod_ip != '\0') server_.advertise_host = pod_ip;
@@ -132,12 +175,34 @@ int WorkerCommand::Run() {
   LogInfo("worker listening",
           {{"role", role_}, {"port", server.port()}, {"kv_port", server.kv_port()}});
 
+  std::unique_ptr<LabelsFileWatcher> watcher;
+  if (!labels_file_.empty()) {
+    watcher = std::make_unique<LabelsFileWatcher>(
+        labels_file_, kWorkerRoleLabel, std::chrono::seconds(1),
+        [&server](const std::string& value) {
+          const std::optional<WorkerRole> to = ParseWorkerRole(value);
+          if (!to) {
+            LogWarn("pod label has an unknown role; ignored",
+                    {{"label", kWorkerRoleLabel}, {"value", value}});
+            return true;
+          }
+          auto r = server.SwitchRole(*to, "labels-file");
+          if (r.ok()) return true;
+          LogWarn("role switch for the pod label refused",
+                  {{"role", value}, {"error", r.status().ToString()}});
+          // Another switch in progress: try again at the next poll. Anything else is final.
+          return r.status().code() != StatusCode::kConflict;
+        });
+    watcher->Start(label_seen);
+  }
+
   auto backend = NewBackend(backend_);
   if (!backend.ok()) {
     LogError("cannot load the model", {{"backend", backend_.backend},
                                        {"model", backend_.model},
                                        {"weights", backend_.weights},
                                        {"error", backend.status().ToString()}});
+    if (watcher) watcher->Stop();
     server.Stop();
     return 1;
   }
@@ -150,7 +215,7 @@ int WorkerCommand::Run() {
   const int32_t kv_blocks = (*backend)->kv_layout().num_blocks;
   const std::string backend_name((*backend)->name());
   server.SetEngine(std::make_unique<Engine>(std::move(*backend), config, &RealClock::Instance()));
-  LogInfo("worker ready", {{"role", role_},
+  LogInfo("worker ready", {{"role", WorkerRoleName(server.role())},
                            {"backend", backend_name},
                            {"kv_blocks", kv_blocks},
                            {"max_model_len", config.max_model_len}});
@@ -158,7 +223,9 @@ int WorkerCommand::Run() {
   // A SIGTERM during the model load stays pending until here.
   WaitForTerminationSignal();
   LogInfo("SIGTERM: draining", {{"grace_seconds", drain_timeout_s_}});
+  // Drain first: it cuts short a role switch the watcher may be waiting on.
   server.Drain(std::chrono::milliseconds(static_cast<int64_t>(drain_timeout_s_ * 1000)));
+  if (watcher) watcher->Stop();
   server.Stop();
   LogInfo("worker stopped");
   return 0;

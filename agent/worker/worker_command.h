@@ -1,5 +1,7 @@
 // `pdpool-agent worker`: flags → BackendOptions, SchedulerConfig and WorkerServerOptions; runs
-// one worker until SIGTERM, then drains within the grace period. Only wiring lives here.
+// one worker until SIGTERM, then drains within the grace period. With --labels-file (the pod's
+// labels, a downward-API volume file) the pod's pdpool.dev/role label overrides --role at start
+// and moves the worker to a new role in place when it changes. Only wiring lives here.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -29,6 +31,7 @@ class WorkerCommand {
   int fault_kv_block_delay_ms_ = 0;
   int64_t dummy_seed_ = -1;
   std::string model_path_;
+  std::string labels_file_;
 };
 
 }  // namespace pdpool::agent

@@ -6,8 +6,6 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
-#include <mutex>
-
 namespace pdpool::agent {
 namespace {
 
@@ -18,18 +16,15 @@ prometheus::Histogram::BucketBoundaries TransferBuckets() {
   return {0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
 }
 
-std::mutex scrape_mu;
-
 }  // namespace
 
 WorkerMetrics::WorkerMetrics(const std::string& role)
-    : role_(role), registry_(std::make_shared<prometheus::Registry>()) {
-  const prometheus::Labels labels{{"role", role}};
+    : registry_(std::make_shared<prometheus::Registry>()) {
   auto gauge = [&](const char* name, const char* help) {
-    return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add(labels);
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_);
   };
   auto counter = [&](const char* name, const char* help) {
-    return &prometheus::BuildCounter().Name(name).Help(help).Register(*registry_).Add(labels);
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(*registry_);
   };
   running_ = gauge("pdpool_worker_requests_running", "Sequences in the running batch.");
   waiting_ = gauge("pdpool_worker_requests_waiting", "Sequences admitted and waiting to run.");
@@ -73,6 +68,27 @@ WorkerMetrics::WorkerMetrics(const std::string& role)
                       .Name("pdpool_worker_kv_transfer_failures_total")
                       .Help("KV handoffs that broke (peer gone, timeout, checksum).")
                       .Register(*registry_);
+  std::lock_guard lock(mu_);
+  AddRoleLocked(role);
+}
+
+WorkerMetrics::~WorkerMetrics() = default;
+
+void WorkerMetrics::AddRoleLocked(const std::string& role) {
+  const prometheus::Labels labels{{"role", role}};
+  RoleSeries& s = series_[role];
+  s.running = &running_->Add(labels);
+  s.waiting = &waiting_->Add(labels);
+  s.kv_usage = &kv_usage_->Add(labels);
+  s.kv_blocks_free = &kv_blocks_free_->Add(labels);
+  s.reservations = &reservations_->Add(labels);
+  s.outstanding_prefill = &outstanding_prefill_->Add(labels);
+  s.ready = &ready_->Add(labels);
+  s.kv_blocks_total = &kv_blocks_total_->Add(labels);
+  // Counters a role had before are found again, with their values.
+  s.prefill_tokens = &prefill_tokens_->Add(labels);
+  s.decode_tokens = &decode_tokens_->Add(labels);
+  s.preemptions = &preemptions_->Add(labels);
   for (const char* phase : {"prefill", "decode", "mixed"}) {
     step_seconds_->Add({{"role", role}, {"phase", phase}}, StepBuckets());
   }
@@ -81,26 +97,57 @@ WorkerMetrics::WorkerMetrics(const std::string& role)
     kv_seconds_->Add({{"role", role}, {"direction", direction}}, TransferBuckets());
     kv_failures_->Add({{"role", role}, {"direction", direction}});
   }
+  if (kv_blocks_ >= 0) s.kv_blocks_total->Increment(static_cast<double>(kv_blocks_));
+  role_ = role;
+  current_ = &s;
 }
 
-WorkerMetrics::~WorkerMetrics() = default;
+void WorkerMetrics::RemoveGaugesLocked(RoleSeries* s) {
+  running_->Remove(s->running);
+  waiting_->Remove(s->waiting);
+  kv_usage_->Remove(s->kv_usage);
+  kv_blocks_free_->Remove(s->kv_blocks_free);
+  reservations_->Remove(s->reservations);
+  outstanding_prefill_->Remove(s->outstanding_prefill);
+  ready_->Remove(s->ready);
+  // Capacity, not work done: one worker has it under one role.
+  kv_blocks_total_->Remove(s->kv_blocks_total);
+  s->running = s->waiting = s->kv_usage = s->kv_blocks_free = s->reservations =
+      s->outstanding_prefill = s->ready = nullptr;
+  s->kv_blocks_total = nullptr;
+}
+
+void WorkerMetrics::SetRole(const std::string& role) {
+  std::lock_guard lock(mu_);
+  if (role == role_) return;
+  RemoveGaugesLocked(current_);
+  AddRoleLocked(role);
+}
+
+std::string WorkerMetrics::role() const {
+  std::lock_guard lock(mu_);
+  return role_;
+}
 
 void WorkerMetrics::ObserveStep(const StepReport& step) {
   const char* phase = step.decode_tokens == 0    ? "prefill"
                       : step.prefill_tokens == 0 ? "decode"
                                                  : "mixed";
+  std::lock_guard lock(mu_);
   step_seconds_->Add({{"role", role_}, {"phase", phase}}, StepBuckets()).Observe(step.seconds);
   if (!step.ok) return;
-  prefill_tokens_->Increment(step.prefill_tokens);
-  decode_tokens_->Increment(step.decode_tokens);
+  current_->prefill_tokens->Increment(step.prefill_tokens);
+  current_->decode_tokens->Increment(step.decode_tokens);
 }
 
 void WorkerMetrics::CountRequest(const std::string& kind, const std::string& result) {
+  std::lock_guard lock(mu_);
   requests_->Add({{"role", role_}, {"kind", kind}, {"result", result}}).Increment();
 }
 
 void WorkerMetrics::ObserveKvTransfer(const std::string& direction, int64_t bytes, double seconds,
                                       bool ok) {
+  std::lock_guard lock(mu_);
   const prometheus::Labels labels{{"role", role_}, {"direction", direction}};
   if (!ok) {
     kv_failures_->Add(labels).Increment();
@@ -111,20 +158,21 @@ void WorkerMetrics::ObserveKvTransfer(const std::string& direction, int64_t byte
 }
 
 void WorkerMetrics::SetEngineStats(const EngineStats& stats, bool ready) {
-  std::lock_guard lock(scrape_mu);  // concurrent scrapes
-  running_->Set(stats.running);
-  waiting_->Set(stats.waiting);
-  kv_usage_->Set(stats.kv_usage_ratio);
-  if (!kv_blocks_counted_) {
-    kv_blocks_total_->Increment(stats.kv_blocks_total);
-    kv_blocks_counted_ = true;
+  std::lock_guard lock(mu_);  // concurrent scrapes, role switches
+  RoleSeries& s = *current_;
+  s.running->Set(stats.running);
+  s.waiting->Set(stats.waiting);
+  s.kv_usage->Set(stats.kv_usage_ratio);
+  if (kv_blocks_ < 0) {
+    kv_blocks_ = stats.kv_blocks_total;
+    s.kv_blocks_total->Increment(static_cast<double>(kv_blocks_));
   }
-  kv_blocks_free_->Set(stats.kv_blocks_free);
-  reservations_->Set(stats.reservations);
-  outstanding_prefill_->Set(static_cast<double>(stats.outstanding_prefill_tokens));
-  ready_->Set(ready ? 1 : 0);
+  s.kv_blocks_free->Set(stats.kv_blocks_free);
+  s.reservations->Set(stats.reservations);
+  s.outstanding_prefill->Set(static_cast<double>(stats.outstanding_prefill_tokens));
+  s.ready->Set(ready ? 1 : 0);
   if (stats.preemptions > preemptions_seen_) {
-    preemptions_->Increment(static_cast<double>(stats.preemptions - preemptions_seen_));
+    s.preemptions->Increment(static_cast<double>(stats.preemptions - preemptions_seen_));
     preemptions_seen_ = stats.preemptions;
   }
 }

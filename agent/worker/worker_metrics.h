@@ -1,9 +1,16 @@
 // WorkerMetrics: the pdpool_worker_* series of TARGETS.md (label `role` on every series), fed
 // by the engine's step observer, the request handlers and the KV transport. Prefill workers
-// export the KV series too. Thread-safe (prometheus-cpp metrics are).
+// export the KV series too. A role switch in place (SetRole) keeps the one registry: counters
+// and histograms of the old role stay (frozen, never reset: counters stay monotonic) and the
+// new role's series appear beside them; the old role's gauges and its capacity
+// (pdpool_worker_kv_blocks_total) are removed, so sums by role count the worker once.
+// Thread-safe.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "agent/engine/engine.h"
@@ -26,6 +33,10 @@ class WorkerMetrics {
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
+  // Labels everything from now on with `role` (see the header comment).
+  void SetRole(const std::string& role);
+  std::string role() const;
+
   void ObserveStep(const StepReport& step);
   // result: ok, error, rejected, aborted; kind: prefill, decode, generate
   void CountRequest(const std::string& kind, const std::string& result);
@@ -35,26 +46,49 @@ class WorkerMetrics {
   void SetEngineStats(const EngineStats& stats, bool ready);
 
  private:
-  std::string role_;
+  // The series of one role that are not looked up by extra labels on each use.
+  struct RoleSeries {
+    prometheus::Gauge* running = nullptr;
+    prometheus::Gauge* waiting = nullptr;
+    prometheus::Gauge* kv_usage = nullptr;
+    prometheus::Gauge* kv_blocks_free = nullptr;
+    prometheus::Gauge* reservations = nullptr;
+    prometheus::Gauge* outstanding_prefill = nullptr;
+    prometheus::Gauge* ready = nullptr;
+    prometheus::Counter* kv_blocks_total = nullptr;
+    prometheus::Counter* prefill_tokens = nullptr;
+    prometheus::Counter* decode_tokens = nullptr;
+    prometheus::Counter* preemptions = nullptr;
+  };
+  // Adds (or finds) `role`'s series; mu_ held.
+  void AddRoleLocked(const std::string& role);
+  // Removes the gauges and the capacity of `series`; mu_ held.
+  void RemoveGaugesLocked(RoleSeries* series);
+
   std::shared_ptr<prometheus::Registry> registry_;
-  prometheus::Gauge* running_;
-  prometheus::Gauge* waiting_;
-  prometheus::Gauge* kv_usage_;
-  prometheus::Counter* kv_blocks_total_;
-  bool kv_blocks_counted_ = false;
-  prometheus::Gauge* kv_blocks_free_;
-  prometheus::Gauge* reservations_;
-  prometheus::Gauge* outstanding_prefill_;
-  prometheus::Gauge* ready_;
-  prometheus::Counter* prefill_tokens_;
-  prometheus::Counter* decode_tokens_;
-  prometheus::Counter* preemptions_;
-  int64_t preemptions_seen_ = 0;
+  prometheus::Family<prometheus::Gauge>* running_;
+  prometheus::Family<prometheus::Gauge>* waiting_;
+  prometheus::Family<prometheus::Gauge>* kv_usage_;
+  prometheus::Family<prometheus::Gauge>* kv_blocks_free_;
+  prometheus::Family<prometheus::Gauge>* reservations_;
+  prometheus::Family<prometheus::Gauge>* outstanding_prefill_;
+  prometheus::Family<prometheus::Gauge>* ready_;
+  prometheus::Family<prometheus::Counter>* kv_blocks_total_;
+  prometheus::Family<prometheus::Counter>* prefill_tokens_;
+  prometheus::Family<prometheus::Counter>* decode_tokens_;
+  prometheus::Family<prometheus::Counter>* preemptions_;
   prometheus::Family<prometheus::Histogram>* step_seconds_;
   prometheus::Family<prometheus::Counter>* requests_;
   prometheus::Family<prometheus::Counter>* kv_bytes_;
   prometheus::Family<prometheus::Histogram>* kv_seconds_;
   prometheus::Family<prometheus::Counter>* kv_failures_;
+
+  mutable std::mutex mu_;
+  std::string role_;
+  std::map<std::string, RoleSeries> series_;  // every role this worker has had
+  RoleSeries* current_ = nullptr;             // series_[role_]
+  int64_t kv_blocks_ = -1;                    // capacity, once an engine reported it
+  int64_t preemptions_seen_ = 0;
 };
 
 }  // namespace pdpool::agent

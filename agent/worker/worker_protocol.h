@@ -38,7 +38,30 @@
 //                    "kv_blocks_free": 500, "kv_usage_ratio": 0.02, "running": 1, "waiting": 0,
 //                    "outstanding_prefill_tokens": 0, "max_model_len": 2048,
 //                    "kv_address": "127.0.0.1:40123"}
-//   GET /healthz, /readyz, /metrics (no token needed: probes and Prometheus).
+//     plus "role_switching_to": null | "prefill" | "decode" (a role switch is draining),
+//     "role_switches": 0 (switches since start), "weights_loaded_at": "<RFC 3339>" (when the
+//     engine got its weights: a role switch leaves it unchanged), "pid": 1234.
+// Role switch in place (the planner moves a ready worker between prefill and decode; the
+// controller relabels the pod and calls this, or the worker sees the label change in its
+// --labels-file). Weights, engine and KV cache stay; only the role changes:
+//   POST kRolePath {"role": "prefill"|"decode"}
+//     → 200 {"role": "prefill", "previous_role": "decode", "changed": true,
+//            "drained_requests": 3, "drain_complete": true, "switch_seconds": 0.42}
+//       once the switch is done (synchronous: the call lasts as long as the drain, at most the
+//       worker's --drain-timeout; drained_requests: the old role's calls and KV reservations in
+//       flight when the switch began). Already in that role: 200 at once, "changed": false.
+//       While switching, new work of the old role gets 503 (the router retries it elsewhere),
+//       in-flight work finishes (prefills push their KV, decodes stream to the end, KV
+//       reservations are claimed or expire); after --drain-timeout the role switches anyway
+//       (drain_complete false) and reservations still held stay claimable.
+//     → 400 unknown or missing role, role "both", or a `both` worker (no role to switch);
+//     → 409 another switch to the other role is in progress (a call for the same role as
+//       the one in progress waits for it and gets its result);
+//     → 503 the worker is shutting down.
+//   After a switch, calls that need the old role get 503 (not 400), since routers learn the
+//   new role from kInfoPath only at their next poll.
+//   GET /healthz, /readyz, /metrics (no token needed: probes and Prometheus). /readyz stays
+//   200 during a role switch.
 #pragma once
 
 namespace pdpool::agent::protocol {
@@ -49,5 +72,18 @@ inline constexpr const char* kPrefillPath = "/internal/v1/prefill";
 inline constexpr const char* kDecodePath = "/internal/v1/decode";
 inline constexpr const char* kGeneratePath = "/internal/v1/generate";
 inline constexpr const char* kInfoPath = "/internal/v1/info";
+inline constexpr const char* kRolePath = "/internal/v1/role";
+
+// Field names of the role switch (kRolePath body and reply, kInfoPath).
+inline constexpr const char* kRoleField = "role";
+inline constexpr const char* kPreviousRoleField = "previous_role";
+inline constexpr const char* kRoleChangedField = "changed";
+inline constexpr const char* kDrainedRequestsField = "drained_requests";
+inline constexpr const char* kDrainCompleteField = "drain_complete";
+inline constexpr const char* kSwitchSecondsField = "switch_seconds";
+inline constexpr const char* kRoleSwitchingToField = "role_switching_to";
+inline constexpr const char* kRoleSwitchesField = "role_switches";
+inline constexpr const char* kWeightsLoadedAtField = "weights_loaded_at";
+inline constexpr const char* kPidField = "pid";
 
 }  // namespace pdpool::agent::protocol

@@ -7,6 +7,10 @@
 
 namespace pdpool::agent {
 
+// The pod label that carries a worker's role (the ReplicaSets select on it; the planner moves a
+// worker by relabelling its pod).
+inline constexpr const char* kWorkerRoleLabel = "pdpool.dev/role";
+
 // "both": aggregated serving, prefill and decode in one worker.
 enum class WorkerRole { kPrefill, kDecode, kBoth };
 

@@ -2,9 +2,11 @@
 #include "agent/worker/worker_server.h"
 
 #include <httplib.h>
+#include <unistd.h>
 
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 
@@ -92,6 +94,55 @@ StatusOr<std::vector<int32_t>> ParseTokens(const Json& body, const char* field, 
   return out;
 }
 
+// What a call asks of the worker, for admission.
+enum class Work {
+  kPrefill,   // new prefill work
+  kReserve,   // new decode work: a KV reservation
+  kClaim,     // the decode of a reservation made earlier
+  kRelease,   // frees a reservation
+  kGenerate,  // a whole request (role both)
+};
+
+bool IsNewWork(Work w) {
+  return w == Work::kPrefill || w == Work::kReserve || w == Work::kGenerate;
+}
+
+bool RoleDoes(WorkerRole role, Work w) {
+  switch (w) {
+    case Work::kPrefill:
+      return role != WorkerRole::kDecode;
+    case Work::kReserve:
+    case Work::kClaim:
+    case Work::kRelease:
+      return role != WorkerRole::kPrefill;
+    case Work::kGenerate:
+      return role == WorkerRole::kBoth;
+  }
+  return false;
+}
+
+// "a decode worker does not <this>"
+const char* RefusalOf(Work w) {
+  switch (w) {
+    case Work::kPrefill:
+      return "prefill (not a prefill worker)";
+    case Work::kReserve:
+      return "reserve KV (not a decode worker)";
+    case Work::kClaim:
+      return "decode (not a decode worker)";
+    case Work::kRelease:
+      return "hold reservations";
+    case Work::kGenerate:
+      return "serve whole requests (not a `both` worker)";
+  }
+  return "do that";
+}
+
+// The work a prefill or decode worker does, as the 503 of a switch names it.
+const char* WorkName(WorkerRole role) {
+  return role == WorkerRole::kPrefill ? "prefill" : "decode";
+}
+
 }  // namespace
 
 struct WorkerServer::Impl : public KvSink {
@@ -105,8 +156,19 @@ struct WorkerServer::Impl : public KvSink {
   mutable std::mutex mu;
   std::condition_variable cv;
   std::shared_ptr<Engine> engine;  // null until the weights are loaded
+  std::string weights_loaded_at;   // RFC 3339, set with the engine
   bool draining = false;
   int inflight = 0;
+  // Role switch: the target while the old role drains; how many switches are done; a call
+  // that joins a switch in progress waits for switch_generation to move and reads last_switch.
+  std::optional<WorkerRole> switching_to;
+  int role_switches = 0;
+  uint64_t switch_generation = 0;
+  RoleSwitchResult last_switch;
+
+  // Written under mu (by SwitchRole only); read without it by handlers, which re-check under
+  // mu in Admit.
+  std::atomic<WorkerRole> role;
 
   std::unique_ptr<TcpKvSender> sender;
   std::atomic<int> sends_in_progress{0};
@@ -120,10 +182,10 @@ struct WorkerServer::Impl : public KvSink {
   std::unordered_map<uint64_t, Transfer> transfers;
 
   Impl(WorkerServerOptions o, const pdpool::Clock* c)
-      : options(std::move(o)), clock(c), metrics(WorkerRoleName(options.role)) {}
-
-  bool Prefills() const { return options.role != WorkerRole::kDecode; }
-  bool Decodes() const { return options.role != WorkerRole::kPrefill; }
+      : options(std::move(o)),
+        clock(c),
+        metrics(WorkerRoleName(options.role)),
+        role(options.role) {}
 
   std::shared_ptr<Engine> GetEngine() const {
     std::lock_guard lock(mu);
@@ -157,23 +219,59 @@ struct WorkerServer::Impl : public KvSink {
   }
 
   // Common preamble: token, role, readiness, draining, JSON body. Null engine: replied already.
-  std::shared_ptr<Engine> Admit(const httplib::Request& req, httplib::Response& res, bool allowed,
-                                const char* what, Json* body, bool admit_new_work = true) {
+  // Work of the wrong role is a 400 (a misconfigured caller), except on a worker that switches
+  // or switched role: there it is a 503, so a router that has not polled the new role yet
+  // tries another worker.
+  std::shared_ptr<Engine> Admit(const httplib::Request& req, httplib::Response& res, Work work,
+                                Json* body) {
     if (!Authorized(req, res)) return nullptr;
-    if (!allowed) {
-      ReplyError(res, 400,
-                 std::string("a ") + WorkerRoleName(options.role) + " worker does not " + what);
-      return nullptr;
-    }
     std::shared_ptr<Engine> e;
+    WorkerRole now;
+    std::optional<WorkerRole> to;
+    bool switched, shutting_down;
     {
       std::lock_guard lock(mu);
-      if (draining && admit_new_work) {
-        res.set_header("Retry-After", "1");
-        ReplyError(res, 503, "worker is draining (shutting down)");
-        return nullptr;
-      }
       e = engine;
+      now = role.load();
+      to = switching_to;
+      switched = role_switches > 0;
+      shutting_down = draining;
+    }
+    bool allowed = RoleDoes(now, work);
+    // Reservations taken before a switch stay claimable (and releasable) after it.
+    if (!allowed && (work == Work::kClaim || work == Work::kRelease) && e &&
+        e->Stats().reservations > 0) {
+      allowed = true;
+    }
+    // Release is idempotent: a router's late release after a switch just frees nothing.
+    if (!allowed && work == Work::kRelease && (switched || to)) allowed = true;
+    if (!allowed) {
+      if (now != WorkerRole::kBoth && (switched || to)) {
+        res.set_header("Retry-After", "1");
+        ReplyError(res, 503,
+                   std::string("this worker ") +
+                       (to ? std::string("is switching role from ") + WorkerRoleName(now) + " to " +
+                                 WorkerRoleName(*to)
+                           : std::string("switched role to ") + WorkerRoleName(now)) +
+                       ": it does not " + RefusalOf(work) + "; send it to another worker");
+      } else {
+        ReplyError(res, 400,
+                   std::string("a ") + WorkerRoleName(now) + " worker does not " + RefusalOf(work));
+      }
+      return nullptr;
+    }
+    if (IsNewWork(work) && to) {
+      res.set_header("Retry-After", "1");
+      ReplyError(res, 503,
+                 std::string("worker is switching role from ") + WorkerRoleName(now) + " to " +
+                     WorkerRoleName(*to) + ": it takes no new " + WorkName(now) +
+                     " work; send it to another worker");
+      return nullptr;
+    }
+    if (shutting_down && IsNewWork(work)) {
+      res.set_header("Retry-After", "1");
+      ReplyError(res, 503, "worker is draining (shutting down)");
+      return nullptr;
     }
     if (!e) {
       res.set_header("Retry-After", "1");
@@ -242,10 +340,17 @@ struct WorkerServer::Impl : public KvSink {
   void HandleInfo(const httplib::Request& req, httplib::Response& res) {
     if (!Authorized(req, res)) return;
     auto e = GetEngine();
-    Json info = {{"role", WorkerRoleName(options.role)},
-                 {"model", options.served_model_name},
-                 {"ready", e != nullptr},
-                 {"draining", IsDraining()}};
+    Json info = {{"model", options.served_model_name}, {"ready", e != nullptr}};
+    {
+      std::lock_guard lock(mu);
+      info[protocol::kRoleField] = WorkerRoleName(role.load());
+      info["draining"] = draining;
+      info[protocol::kRoleSwitchingToField] =
+          switching_to ? Json(WorkerRoleName(*switching_to)) : Json(nullptr);
+      info[protocol::kRoleSwitchesField] = role_switches;
+      if (!weights_loaded_at.empty()) info[protocol::kWeightsLoadedAtField] = weights_loaded_at;
+    }
+    info[protocol::kPidField] = static_cast<int64_t>(::getpid());
     if (receiver)
       info["kv_address"] = options.advertise_host + ":" + std::to_string(receiver->port());
     {
@@ -276,8 +381,11 @@ struct WorkerServer::Impl : public KvSink {
   }
 
   void HandleReserve(const httplib::Request& req, httplib::Response& res) {
+    // Counted, so a role switch that begins between admission and the reservation waits for
+    // the reservation too.
+    InflightGuard guard(this);
     Json body;
-    auto e = Admit(req, res, Decodes(), "reserve KV (not a decode worker)", &body);
+    auto e = Admit(req, res, Work::kReserve, &body);
     if (!e) return;
     const int64_t tokens = JsonGet<int64_t>(body, "/prompt_tokens", 0);
     if (tokens < 1 || tokens > e->config().max_model_len) {
@@ -301,7 +409,7 @@ struct WorkerServer::Impl : public KvSink {
 
   void HandleRelease(const httplib::Request& req, httplib::Response& res) {
     Json body;
-    auto e = Admit(req, res, Decodes(), "hold reservations", &body, /*admit_new_work=*/false);
+    auto e = Admit(req, res, Work::kRelease, &body);
     if (!e) return;
     const bool released = e->ReleaseReservation(JsonGet<uint64_t>(body, "/reservation_id", 0));
     Reply(res, 200, Json{{"released", released}});
@@ -310,7 +418,7 @@ struct WorkerServer::Impl : public KvSink {
   void HandlePrefill(const httplib::Request& req, httplib::Response& res) {
     InflightGuard guard(this);
     Json body;
-    auto e = Admit(req, res, Prefills(), "prefill (not a prefill worker)", &body);
+    auto e = Admit(req, res, Work::kPrefill, &body);
     if (!e) return;
     auto prompt = ParseTokens(body, "prompt_token_ids", e->backend().model().vocab_size, true);
     if (!prompt.ok()) {
@@ -485,7 +593,7 @@ struct WorkerServer::Impl : public KvSink {
   void HandleDecode(const httplib::Request& req, httplib::Response& res) {
     Json body;
     // Decode claims a reservation made before a drain began: not new work.
-    auto e = Admit(req, res, Decodes(), "decode (not a decode worker)", &body, false);
+    auto e = Admit(req, res, Work::kClaim, &body);
     if (!e) return;
     auto prompt = ParseTokens(body, "prompt_token_ids", e->backend().model().vocab_size, false);
     if (!prompt.ok()) {
@@ -517,8 +625,7 @@ struct WorkerServer::Impl : public KvSink {
 
   void HandleGenerate(const httplib::Request& req, httplib::Response& res) {
     Json body;
-    auto e = Admit(req, res, options.role == WorkerRole::kBoth,
-                   "serve whole requests (not a `both` worker)", &body);
+    auto e = Admit(req, res, Work::kGenerate, &body);
     if (!e) return;
     auto prompt = ParseTokens(body, "prompt_token_ids", e->backend().model().vocab_size, true);
     if (!prompt.ok()) {
@@ -543,6 +650,118 @@ struct WorkerServer::Impl : public KvSink {
     }
     Stream(res, e, id, queue, "generate");
   }
+
+  // ---- role switch and drain ----
+
+  // Nothing in flight: no handler, no sequence, no reservation. mu held.
+  bool IdleLocked() const {
+    if (inflight > 0) return false;
+    if (!engine) return true;
+    const EngineStats s = engine->Stats();
+    return s.running == 0 && s.waiting == 0 && s.reservations == 0;
+  }
+
+  StatusOr<RoleSwitchResult> SwitchRole(WorkerRole to, const std::string& trigger) {
+    std::unique_lock lock(mu);
+    const WorkerRole from = role.load();
+    if (from == WorkerRole::kBoth) {
+      return Status::InvalidArgument(
+          "this worker serves role both (aggregated prefill and decode): it has no prefill or "
+          "decode role to switch; restart it with --role prefill or decode");
+    }
+    if (to == WorkerRole::kBoth) {
+      return Status::InvalidArgument(
+          "role must be \"prefill\" or \"decode\": a disaggregated worker cannot switch to "
+          "both");
+    }
+    if (draining) return Status::Unavailable("worker is draining (shutting down)");
+    if (switching_to) {
+      if (*switching_to != to) {
+        return Status::Conflict(std::string("a switch from ") + WorkerRoleName(from) + " to " +
+                                WorkerRoleName(*switching_to) +
+                                " is in progress; ask again when it is done");
+      }
+      // The same switch: wait for it and share its result.
+      const uint64_t generation = switch_generation;
+      cv.wait(lock, [&] { return switch_generation != generation; });
+      return last_switch;
+    }
+    RoleSwitchResult result;
+    result.previous = from;
+    result.role = to;
+    if (from == to) return result;
+
+    const auto started = Clock::now();
+    switching_to = to;
+    result.changed = true;
+    result.drained_requests = inflight + (engine ? engine->Stats().reservations : 0);
+    LogInfo("role switch: draining",
+            {{"from", WorkerRoleName(from)},
+             {"to", WorkerRoleName(to)},
+             {"trigger", trigger},
+             {"in_flight", result.drained_requests},
+             {"grace_seconds", options.role_switch_drain_timeout.count() / 1000.0}});
+    const auto deadline = started + options.role_switch_drain_timeout;
+    // In-flight handlers notify; engine progress is polled. A SIGTERM drain cuts it short:
+    // the worker is going away, and its own drain waits for the same work.
+    while (!IdleLocked() && Clock::now() < deadline && !draining) {
+      cv.wait_for(lock, std::chrono::milliseconds(20));
+    }
+    result.drain_complete = IdleLocked();
+    role.store(to);
+    metrics.SetRole(WorkerRoleName(to));
+    switching_to.reset();
+    ++role_switches;
+    result.switch_seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    last_switch = result;
+    ++switch_generation;
+    cv.notify_all();
+    LogInfo("role switched", {{"from", WorkerRoleName(from)},
+                              {"to", WorkerRoleName(to)},
+                              {"trigger", trigger},
+                              {"drained_requests", result.drained_requests},
+                              {"drain_complete", result.drain_complete ? "true" : "false"},
+                              {"switch_seconds", result.switch_seconds}});
+    if (!result.drain_complete) {
+      const EngineStats st = engine ? engine->Stats() : EngineStats{};
+      LogWarn("role switched before the old role's work finished; it goes on meanwhile",
+              {{"inflight", inflight}, {"running", st.running}, {"reservations", st.reservations}});
+    }
+    return result;
+  }
+
+  void HandleRole(const httplib::Request& req, httplib::Response& res) {
+    if (!Authorized(req, res)) return;
+    const Json body = Json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) {
+      ReplyError(res, 400, "request body is not a JSON object");
+      return;
+    }
+    const Json* field = JsonChild(body, protocol::kRoleField);
+    const std::string name =
+        field != nullptr && field->is_string() ? field->get<std::string>() : "";
+    const std::optional<WorkerRole> to = ParseWorkerRole(name);
+    if (!to || *to == WorkerRole::kBoth) {
+      ReplyError(
+          res, 400,
+          std::string("role must be \"prefill\" or \"decode\"") +
+              (field == nullptr ? " (the field is missing)" : " (got " + Dump(*field) + ")"));
+      return;
+    }
+    auto r = SwitchRole(*to, "api");
+    if (!r.ok()) {
+      if (r.status().code() == StatusCode::kUnavailable) res.set_header("Retry-After", "1");
+      ReplyError(res, HttpCode(r.status()), r.status().message());
+      return;
+    }
+    Reply(res, 200,
+          Json{{protocol::kRoleField, WorkerRoleName(r->role)},
+               {protocol::kPreviousRoleField, WorkerRoleName(r->previous)},
+               {protocol::kRoleChangedField, r->changed},
+               {protocol::kDrainedRequestsField, r->drained_requests},
+               {protocol::kDrainCompleteField, r->drain_complete},
+               {protocol::kSwitchSecondsField, r->switch_seconds}});
+  }
 };
 
 WorkerServer::WorkerServer(WorkerServerOptions options, const pdpool::Clock* clock)
@@ -559,13 +778,12 @@ Status WorkerServer::Start() {
   kv.token = m.options.auth_token;
   kv.io_timeout = m.options.kv_io_timeout;
   kv.fault_delay_per_block = m.options.fault_kv_block_delay;
-  if (m.Prefills()) m.sender = std::make_unique<TcpKvSender>(kv);
-  if (m.Decodes()) {
-    m.receiver = std::make_unique<TcpKvReceiver>(kv, &m);
-    Status s = m.receiver->Start(m.options.kv_host.empty() ? m.options.host : m.options.kv_host,
-                                 m.options.kv_port);
-    if (!s.ok()) return s;
-  }
+  // Every worker can push and take KV: a role switch in place needs no new port.
+  m.sender = std::make_unique<TcpKvSender>(kv);
+  m.receiver = std::make_unique<TcpKvReceiver>(kv, &m);
+  Status s = m.receiver->Start(m.options.kv_host.empty() ? m.options.host : m.options.kv_host,
+                               m.options.kv_port);
+  if (!s.ok()) return s;
 
   httplib::Server& srv = m.server;
   const int threads = m.options.http_threads;
@@ -601,6 +819,8 @@ Status WorkerServer::Start() {
   srv.Post(protocol::kGeneratePath, [this](const httplib::Request& q, httplib::Response& r) {
     impl_->HandleGenerate(q, r);
   });
+  srv.Post(protocol::kRolePath,
+           [this](const httplib::Request& q, httplib::Response& r) { impl_->HandleRole(q, r); });
 
   auto bound = BindHttpServer(srv, m.options.host, m.options.port, "worker");
   if (!bound.ok()) return bound.status();
@@ -615,6 +835,7 @@ void WorkerServer::SetEngine(std::unique_ptr<Engine> engine) {
   engine->Start();
   std::lock_guard lock(m.mu);
   m.engine = std::move(engine);
+  m.weights_loaded_at = FormatRfc3339Micro(m.clock->WallNow());
 }
 
 bool WorkerServer::Drain(std::chrono::milliseconds grace) {
@@ -622,12 +843,7 @@ bool WorkerServer::Drain(std::chrono::milliseconds grace) {
   std::unique_lock lock(m.mu);
   m.draining = true;
   const auto deadline = Clock::now() + grace;
-  auto idle = [&] {
-    if (m.inflight > 0) return false;
-    if (!m.engine) return true;
-    const EngineStats s = m.engine->Stats();
-    return s.running == 0 && s.waiting == 0 && s.reservations == 0;
-  };
+  auto idle = [&] { return m.IdleLocked(); };
   // In-flight handlers notify; engine progress is polled.
   while (!idle() && Clock::now() < deadline) {
     m.cv.wait_for(lock, std::chrono::milliseconds(20));
@@ -649,6 +865,12 @@ void WorkerServer::Stop() {
   }
   if (e) e->Stop();
 }
+
+StatusOr<RoleSwitchResult> WorkerServer::SwitchRole(WorkerRole to, const std::string& trigger) {
+  return impl_->SwitchRole(to, trigger);
+}
+
+WorkerRole WorkerServer::role() const { return impl_->role.load(); }
 
 int WorkerServer::port() const { return impl_->port; }
 int WorkerServer::kv_port() const { return impl_->receiver ? impl_->receiver->port() : 0; }

@@ -2,7 +2,10 @@
 // the internal protocol of agent/worker/worker_protocol.h (reserve, prefill with KV push, decode
 // stream, aggregated generate, info; all behind the pool token), the KV receiver of the tcp
 // transport, and /healthz, /readyz, /metrics. Drain() is the SIGTERM path: stop admitting, let
-// in-flight work finish within a grace period. Thread-safe.
+// in-flight work finish within a grace period. SwitchRole() (kRolePath, or the pod's labels
+// file) moves a prefill worker to decode or back in place: stop admitting the old role's new
+// work, let in-flight work finish within a grace period, switch; engine, weights and KV cache
+// stay. Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -32,6 +35,17 @@ struct WorkerServerOptions {
   std::chrono::milliseconds request_timeout{600'000};
   std::chrono::milliseconds kv_io_timeout{10'000};
   std::chrono::milliseconds fault_kv_block_delay{0};  // tests: slow the KV push down
+  // How long a role switch waits for the old role's in-flight work (--drain-timeout).
+  std::chrono::milliseconds role_switch_drain_timeout{30'000};
+};
+
+struct RoleSwitchResult {
+  WorkerRole role = WorkerRole::kBoth;      // the role now
+  WorkerRole previous = WorkerRole::kBoth;  // the role before the call
+  bool changed = false;                     // false: it had that role already
+  int drained_requests = 0;    // old-role requests and reservations in flight when it began
+  bool drain_complete = true;  // false: the grace period ran out first
+  double switch_seconds = 0;
 };
 
 class WorkerServer {
@@ -47,6 +61,13 @@ class WorkerServer {
   // and reservations to finish. Returns true if everything finished in time.
   bool Drain(std::chrono::milliseconds grace);
   void Stop();
+
+  // Switches between prefill and decode in place (see worker_protocol.h, kRolePath). Blocks
+  // until the switch is done. Errors: InvalidArgument (a `both` worker, or `to` is both),
+  // Conflict (a switch to the other role is in progress), Unavailable (shutting down).
+  // `trigger` names the caller in the logs ("api", "labels-file").
+  StatusOr<RoleSwitchResult> SwitchRole(WorkerRole to, const std::string& trigger);
+  WorkerRole role() const;
 
   int port() const;
   int kv_port() const;

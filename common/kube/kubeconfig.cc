@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/base64.h"
+
 namespace pdpool::kube {
 namespace {
 
@@ -17,26 +19,6 @@ StatusOr<std::string> ReadFile(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-StatusOr<std::string> Base64Decode(const std::string& in, const std::string& what) {
-  static const std::string kAlphabet =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    if (c == '=' || c == '\n' || c == '\r' || c == ' ') continue;
-    size_t v = kAlphabet.find(c);
-    if (v == std::string::npos) return Status::InvalidArgument(what + ": invalid base64");
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
-  }
-  return out;
 }
 
 // Relative file references in a kubeconfig are relative to the kubeconfig's directory.

