@@ -99,6 +99,12 @@ TestEnv::~TestEnv() {
   }
   for (auto& c : children_) c->Stop();
   children_.clear();
+  // The nodes' agents are gone: remove their Nodes, or pods without node constraints (routers)
+  // of the next test may be bound to a node that never runs them (the not-ready taint comes
+  // only after the node monitor's grace period).
+  if (client_) {
+    for (const std::string& node : node_names_) (void)client_->Delete(kube::kNodes, "", node, {});
+  }
 }
 
 std::string TestEnv::SourcePath(const std::string& relative) const {
@@ -165,6 +171,7 @@ ChildProcess* TestEnv::StartNodes(const std::string& prefix, int count, int gpus
     args.insert(args.end(), {"--ip-prefix", std::to_string(options.ip_prefix)});
   }
   args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+  for (int i = 0; i < count; ++i) node_names_.push_back(prefix + "-" + std::to_string(i));
   return Start("nodes-" + prefix, BuildPath("pdpool-agent"), args);
 }
 

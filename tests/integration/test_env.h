@@ -87,6 +87,7 @@ class TestEnv {
   std::string log_dir_;
   std::unique_ptr<kube::KubeClient> client_;
   std::vector<std::unique_ptr<ChildProcess>> children_;
+  std::vector<std::string> node_names_;  // Nodes StartNodes registered; deleted at teardown
 };
 
 }  // namespace pdpool::testing
