@@ -48,10 +48,12 @@ cluster-up: deps
 cluster-down:
 	bash deploy/local/cluster.sh down
 
-# Placeholder main job until the rack demo lands: local control plane, simulated GPU nodes,
-# the CRD, the controller and a sample pool.
+# The main job: the local rack demo (deploy/local/demo.sh; options in README.md "The demo").
+DEMO_ARGS = $(if $(TRACE),--trace $(TRACE),) $(if $(COMPRESSION),--compression $(COMPRESSION),) \
+	$(if $(RATE),--rate-multiplier $(RATE),) $(if $(WINDOW),--window $(WINDOW),) \
+	$(if $(DURATION),--duration $(DURATION),) $(if $(KEEP),--keep,)
 demo: deps build
-	bash deploy/local/demo.sh up $(if $(KEEP),--keep,)
+	bash deploy/local/demo.sh up $(DEMO_ARGS)
 
 demo-down:
 	bash deploy/local/demo.sh down

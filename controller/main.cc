@@ -55,6 +55,13 @@ int main(int argc, char** argv) {
                  "capacity model (model load and warm-up make the first samples unrepresentative)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  double planner_window_seconds = 60;
+  app.add_option("--planner-window", planner_window_seconds,
+                 "Shortest window (seconds) of the rates and latency percentiles the planner reads "
+                 "each interval (the window is max(this, spec.autoscaling.interval)); shorter "
+                 "reacts sooner, longer needs fewer requests per percentile")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--log-level", log_level, "debug|info|warn|error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -83,6 +90,8 @@ int main(int argc, char** argv) {
                    {"leader_elect", options.leader_elect ? "true" : "false"}});
   options.planner_warmup = std::chrono::duration_cast<pdpool::Duration>(
       std::chrono::duration<double>(planner_warmup_seconds));
+  options.planner_window = std::chrono::duration_cast<pdpool::Duration>(
+      std::chrono::duration<double>(planner_window_seconds));
   pdpool::controller::Manager manager(client->get(), options);
   pdpool::OnTerminationSignal([&manager] { manager.Stop(); });
   pdpool::Status s = manager.Run();

@@ -194,6 +194,7 @@ struct Manager::Impl {
     planner::AutoscalerOptions autoscaler_options;
     autoscaler_options.source_factory = planner::DefaultMetricsSourceFactory(clock);
     autoscaler_options.warmup = options.planner_warmup;
+    autoscaler_options.min_window = options.planner_window;
     autoscaler = std::make_unique<planner::PoolAutoscaler>(autoscaler_options, &metrics);
     role_notifier = std::make_unique<RoleNotifier>();
     reconciler = std::make_unique<PoolReconciler>(

@@ -26,6 +26,8 @@ struct ManagerOptions {
   int workers = 8;
   // Workers ready for less than this are left out of the planner's capacity samples.
   Duration planner_warmup = std::chrono::seconds(60);
+  // Shortest window of the planner's rates and percentiles (max with the pool's interval).
+  Duration planner_window = std::chrono::seconds(60);
 };
 
 class Manager {

@@ -206,6 +206,12 @@ PlacementRequest MakePlacementRequest(const PoolSpec& spec, std::string pool_nam
   r.pool_name = std::move(pool_name);
   r.current_domain = std::move(current_domain);
   r.tolerations = std::move(tolerations);
+  if (spec.autoscaling.enabled) {
+    r.growth_gpus = int64_t{spec.prefill.max_replicas} * spec.prefill.gpus_per_replica +
+                    int64_t{spec.decode.max_replicas} * spec.decode.gpus_per_replica;
+    if (spec.autoscaling.gpu_budget > 0)
+      r.growth_gpus = std::min<int64_t>(r.growth_gpus, spec.autoscaling.gpu_budget);
+  }
   return r;
 }
 
@@ -362,10 +368,23 @@ PlacementResult ChoosePlacement(const std::vector<const Json*>& nodes,
 
   const DomainCapacity* chosen = nullptr;
   bool kept = false;
+  bool growth = false;
   if (const DomainCapacity* current = Find(result.domains, request.current_domain);
       current != nullptr && current->fits) {
     chosen = current;
     kept = true;
+  } else if (request.growth_gpus > result.gpus_needed) {
+    for (const DomainCapacity& d : result.domains) {
+      if (d.fits && d.free_gpus >= request.growth_gpus &&
+          (chosen == nullptr || d.free_gpus < chosen->free_gpus))
+        chosen = &d;
+    }
+    if (chosen == nullptr) {
+      for (const DomainCapacity& d : result.domains) {
+        if (d.fits && (chosen == nullptr || d.free_gpus > chosen->free_gpus)) chosen = &d;
+      }
+    }
+    growth = chosen != nullptr;
   } else {
     for (const DomainCapacity& d : result.domains) {
       if (d.fits && (chosen == nullptr || d.free_gpus < chosen->free_gpus)) chosen = &d;
@@ -377,7 +396,11 @@ PlacementResult ChoosePlacement(const std::vector<const Json*>& nodes,
     result.domain = chosen->name;
     result.reason = "Placed";
     result.message = "placed in " + chosen->name + ": " + DemandText(request) + "; " +
-                     DomainText(*chosen) + (kept ? " (current domain kept)" : " (best fit)");
+                     DomainText(*chosen) +
+                     (kept     ? " (current domain kept)"
+                      : growth ? " (room to grow to " + std::to_string(request.growth_gpus) +
+                                     " GPUs)"
+                               : " (best fit)");
     return result;
   }
 

@@ -44,6 +44,9 @@ struct PlacementRequest {
   std::string pool_name;
   // status.placement.domain; kept while it still fits, so a pool does not migrate needlessly.
   std::string current_domain;
+  // GPUs an autoscaled pool may grow to (its maximum replicas, capped by its GPU budget); 0 for
+  // a fixed-size pool. A pool choosing a domain prefers one with room for this much.
+  int64_t growth_gpus = 0;
   // The worker pods' tolerations (spec.tolerations of the worker pod template, an array or
   // null). A node with a NoSchedule/NoExecute taint is usable only if these tolerate it.
   Json tolerations = Json::array();
@@ -103,7 +106,10 @@ struct PlacementResult {
 // pool's own. A domain fits when the replicas bin-pack onto its nodes (largest first, each onto
 // the node with the least free GPUs that still holds it), since one replica's GPUs must share a
 // node. Choice: the current domain if it still fits, else the fitting domain with the fewest
-// free GPUs (best fit; ties by name).
+// free GPUs (best fit; ties by name). An autoscaled pool (growth_gpus above its size) choosing a
+// domain takes the best fit among the fitting domains with room to grow to growth_gpus, else
+// the fitting domain with the most free GPUs: placed by its current size alone it would land in
+// the smallest domain and have nowhere to grow.
 PlacementResult ChoosePlacement(const std::vector<Json>& nodes, const std::vector<Json>& pods,
                                 const PlacementRequest& request);
 // The same over borrowed objects (the informer caches' snapshots), without copying them.

@@ -173,6 +173,16 @@ bool ProbeTracker::Record(bool success, TimePoint now) {
   return result_ != before;
 }
 
+TimePoint NextProbeDue(const std::optional<ProbeTracker>& startup, bool started,
+                       const std::optional<ProbeTracker>& readiness,
+                       const std::optional<ProbeTracker>& liveness) {
+  if (startup && !started) return startup->next_due();
+  TimePoint due = TimePoint::max();
+  if (readiness) due = std::min(due, readiness->next_due());
+  if (liveness) due = std::min(due, liveness->next_due());
+  return due;
+}
+
 ProbeOutcome RunProbe(const ProbeSpec& spec) {
   switch (spec.kind) {
     case ProbeSpec::Kind::kUnsupported:

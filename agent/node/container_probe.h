@@ -64,6 +64,14 @@ class ProbeTracker {
   TimePoint next_due_;
 };
 
+// When a container's prober next has work: the startup probe's next attempt until the container
+// has started, then the earliest of readiness and liveness (the probes that run, as the kubelet
+// runs them). TimePoint::max() when there is none. A probe that is not run keeps a next_due in
+// the past: a loop waking for it would spin.
+TimePoint NextProbeDue(const std::optional<ProbeTracker>& startup, bool started,
+                       const std::optional<ProbeTracker>& readiness,
+                       const std::optional<ProbeTracker>& liveness);
+
 struct ProbeOutcome {
   bool success = false;
   std::string detail;  // "HTTP 503", "connection refused", ...

@@ -246,9 +246,8 @@ class ProcessPodRunner::PodWorker {
     for (const Slot& slot : slots_) {
       if (slot.process) {
         wake = std::min(wake, now + options_.poll_interval);
-        for (const auto* probe : {&slot.startup, &slot.readiness, &slot.liveness}) {
-          if (probe->has_value()) wake = std::min(wake, (*probe)->next_due());
-        }
+        wake = std::min(wake, NextProbeDue(slot.startup, slot.state.started, slot.readiness,
+                                           slot.liveness));
         if (slot.kill_deadline) wake = std::min(wake, *slot.kill_deadline);
       } else if (slot.want_start) {
         wake = std::min(wake, slot.next_start);

@@ -49,8 +49,10 @@ struct ProcessPodRunnerOptions {
   Duration shutdown_grace = std::chrono::seconds(30);
   // Shortest time between SIGTERM and SIGKILL, even for a grace period of 0 (the kubelet's 2 s).
   Duration min_kill_grace = std::chrono::seconds(2);
-  // How often a pod's thread looks for exited processes.
-  Duration poll_interval = std::chrono::milliseconds(100);
+  // How often a pod's thread looks for exited processes (the kubelet's PLEG relists every 1 s).
+  // Each look is a waitid() per container: with dozens of pods per agent, a short interval
+  // costs real CPU on a small machine.
+  Duration poll_interval = std::chrono::seconds(1);
   // First retry of a pod whose volumes or container config cannot be set up yet (a Secret not
   // created yet, an image the node cannot have); doubles up to setup_retry_max.
   Duration setup_retry = std::chrono::seconds(1);

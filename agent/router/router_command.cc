@@ -78,6 +78,11 @@ RouterCommand::RouterCommand(CLI::App& app) {
   c->add_option("--threads", threads_, "request threads (a streaming request holds one)")
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
+  c->add_option("--max-inflight", max_inflight_,
+                "completion requests served at once; more get 503 + Retry-After at once, keeping "
+                "threads free for the probes (0: --threads minus a quarter, at most 64)")
+      ->check(CLI::Range(0, 65536))
+      ->capture_default_str();
 }
 
 bool RouterCommand::parsed() const { return command_->parsed(); }
@@ -131,6 +136,7 @@ int RouterCommand::Run() {
   server_options.max_model_len = max_model_len_;
   server_options.max_body_bytes = static_cast<size_t>(max_body_bytes_);
   server_options.threads = threads_;
+  server_options.max_inflight = max_inflight_;
   server_options.drain_timeout = Millis(drain_timeout_s_);
   if (!api_key_file_.empty()) {
     auto key = ReadSecretFile(api_key_file_, "--api-key-file");

@@ -38,7 +38,8 @@ struct RouterCommand {
   int64_t max_body_bytes_ = 1 << 20;
   double request_timeout_s_ = 600;
   double drain_timeout_s_ = 30;
-  int threads_ = 256;
+  int threads_ = 1024;
+  int max_inflight_ = 0;
 };
 
 }  // namespace pdpool::agent

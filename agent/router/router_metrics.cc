@@ -13,10 +13,25 @@ namespace pdpool::agent {
 namespace {
 
 // 1 ms ... 60 s: token latencies at the low end, whole long generations at the top.
-const prometheus::Histogram::BucketBoundaries& LatencyBuckets() {
+// The planner compares histogram_quantile() of these with the pool's SLO, and a quantile is
+// only as exact as the bucket it falls in (it interpolates linearly inside it). So the buckets
+// are dense where SLOs sit and include the common limits as bounds: TTFT 450 ms, 2 s, 4.5 s, 6 s
+// (MLPerf's 70B and 405B interactive and server SLOs); TPOT 40, 80, 175, 200 ms.
+const prometheus::Histogram::BucketBoundaries& TtftBuckets() {
   static const prometheus::Histogram::BucketBoundaries b = {
-      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
-      0.75,  1,      1.5,   2,    3,     5,    7.5,   10,  15,   20,  30,  60};
+      0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.75, 1,
+      1.25, 1.5,   1.75, 2,     2.5, 3,    4,   4.5,  5,   6,    7.5, 10,   15,  20,  30,   60};
+  return b;
+}
+const prometheus::Histogram::BucketBoundaries& TpotBuckets() {
+  static const prometheus::Histogram::BucketBoundaries b = {
+      0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.07, 0.08, 0.09,
+      0.1,   0.125, 0.15, 0.175, 0.2,  0.25, 0.3,   0.4,  0.5,   0.75, 1,    2,    5};
+  return b;
+}
+const prometheus::Histogram::BucketBoundaries& E2eBuckets() {
+  static const prometheus::Histogram::BucketBoundaries b = {
+      0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 90, 120, 300};
   return b;
 }
 
@@ -33,15 +48,19 @@ RouterMetrics::RouterMetrics(std::string pool)
                    .Name("pdpool_router_requests_total")
                    .Help("Client API requests finished, by HTTP status code")
                    .Register(r);
-  auto hist = [&](const char* name, const char* help) {
+  auto hist = [&](const char* name, const char* help,
+                  const prometheus::Histogram::BucketBoundaries& buckets) {
     return &prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add({{"pool", pool_}},
-                                                                               LatencyBuckets());
+                                                                               buckets);
   };
   ttft_ = hist("pdpool_router_ttft_seconds",
-               "Time to first token: request arrival to the first token sent to the client");
+               "Time to first token: request arrival to the first token sent to the client",
+               TtftBuckets());
   tpot_ = hist("pdpool_router_tpot_seconds",
-               "Time per output token: (last token time - first token time) / (tokens - 1)");
-  e2e_ = hist("pdpool_router_e2e_seconds", "Request arrival to the last byte of the response");
+               "Time per output token: (last token time - first token time) / (tokens - 1)",
+               TpotBuckets());
+  e2e_ = hist("pdpool_router_e2e_seconds", "Request arrival to the last byte of the response",
+              E2eBuckets());
   prompt_tokens_ = &prometheus::BuildCounter()
                         .Name("pdpool_router_prompt_tokens_total")
                         .Help("Prompt tokens of served requests")

@@ -87,6 +87,7 @@ struct RouterServer::Impl {
   std::mutex inflight_mu;
   std::condition_variable inflight_cv;
   int64_t inflight = 0;
+  int64_t max_inflight = 1;  // set by Start()
   bool shut_down = false;
 
   // Counts one client request in flight for its lifetime (the streaming ones live until the
@@ -135,6 +136,11 @@ struct RouterServer::Impl {
     TimePoint first_token{};
     TimePoint last_token{};
   };
+
+  int64_t CurrentInflight() {
+    std::lock_guard lock(inflight_mu);
+    return inflight;
+  }
 
   std::string NextId(ApiKind kind) {
     char buf[40];
@@ -185,6 +191,13 @@ bool RouterServer::Impl::HandleCompletion(const httplib::Request& req, httplib::
     return false;
   }
   if (!Authorized(req, res)) return false;
+  if (int64_t now_inflight = CurrentInflight(); now_inflight >= max_inflight) {
+    ApiError e = ErrorForStatus(503);
+    e.message = "the router is at capacity (" + std::to_string(now_inflight) +
+                " requests in flight); retry later";
+    SendError(res, e);
+    return false;
+  }
 
   Json body;
   try {
@@ -336,6 +349,9 @@ Status RouterServer::Start() {
   Impl* impl = impl_.get();
   auto& s = impl->server;
   const int threads = std::max(1, impl->options.threads);
+  impl->max_inflight = impl->options.max_inflight > 0
+                           ? impl->options.max_inflight
+                           : std::max(1, threads - std::min(64, threads / 4));
   s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   s.set_tcp_nodelay(true);
   s.set_payload_max_length(impl->options.max_body_bytes);

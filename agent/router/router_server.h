@@ -25,7 +25,12 @@ struct RouterServerOptions {
   int max_model_len = 0;  // 0: the workers' (info max_model_len)
   size_t max_body_bytes = 1 << 20;
   // Request threads. A streaming request holds one for its whole life.
-  int threads = 256;
+  int threads = 1024;
+  // Completion requests served at once; one more is refused at once with 503 and Retry-After
+  // (load shedding), so the threads left over always answer /healthz, /readyz and /metrics: a
+  // router saturated with streams must not fail its liveness probe and be restarted. 0: threads
+  // minus a quarter of them, at most 64 kept free.
+  int max_inflight = 0;
   // SIGTERM: how long in-flight requests may take to finish before they are cut.
   std::chrono::milliseconds drain_timeout{30'000};
   std::string api_key;  // non-empty: clients must send Authorization: Bearer <api_key>

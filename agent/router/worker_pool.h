@@ -36,7 +36,9 @@ struct WorkerSpec {
 };
 
 struct WorkerPoolOptions {
-  std::chrono::milliseconds poll_interval{200};
+  // Each poll is an info request per worker; the router also counts its own in-flight work per
+  // worker between polls.
+  std::chrono::milliseconds poll_interval{500};
   std::chrono::milliseconds failure_backoff{500};
   std::chrono::milliseconds max_failure_backoff{10'000};
   WorkerClientOptions client;

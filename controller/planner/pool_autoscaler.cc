@@ -139,8 +139,7 @@ AutoscaleResult PoolAutoscaler::Evaluate(const PoolView& view, WallTime now) {
   query.namespace_name = view.namespace_name;
   query.pool = view.name;
   query.percentile = spec.slo.percentile;
-  // A window of at least a minute: shorter intervals still see enough requests for a percentile.
-  query.window = std::max<Duration>(interval, std::chrono::seconds(60));
+  query.window = std::max<Duration>(interval, options_.min_window);
   query.warmup = options_.warmup;
   query.pods = view.pods;
 

@@ -36,6 +36,9 @@ struct AutoscalerOptions {
   MetricsSourceFactory source_factory;
   // Pods ready for less than this are left out of the capacity samples (model load, warm-up).
   Duration warmup = std::chrono::seconds(60);
+  // Shortest window of the signals: each read covers max(min_window, the pool's interval), so
+  // short intervals still see enough requests for a percentile.
+  Duration min_window = std::chrono::seconds(60);
 };
 
 // What the reconciler knows about the pool this pass.

@@ -10,7 +10,8 @@ set -euo pipefail
 # Test services: prometheus (promtool checks the metrics expositions; the server for the
 # integration tests and the rack demo), etcd and the Go toolchain + rsync + reflect2 that deploy/local/cluster.sh needs
 # to build kube-apiserver & co. from Debian's source package; make drives that build. unzip and
-# python3-yaml: the helm binary and the chart checks (tests/chart).
+# python3-yaml: the helm binary and the chart checks (tests/chart). gnuplot-nox: the rack demo's
+# report plots (PNG).
 readonly PACKAGES=(
   cmake ninja-build g++ make pkg-config
   libyaml-cpp-dev prometheus-cpp-dev libcpp-httplib-dev nlohmann-json3-dev libspdlog-dev
@@ -19,6 +20,7 @@ readonly PACKAGES=(
   clang-format openssl curl
   prometheus
   unzip python3-yaml
+  gnuplot-nox
 )
 
 log() { echo "deps.sh: $*" >&2; }

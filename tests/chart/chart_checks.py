@@ -16,6 +16,8 @@
                    (a worker and a router on loopback, a controller with no cluster)
   crds             charts/pdpool/crds/ equals crds/ (tests/chart/sync_crds.sh --check)
   values-doc       every value in values.yaml is in README.md's table, and nothing else is
+  docs             docs/inferencepool.md is what docs/gen_crd_reference.py makes of the CRD, and
+                   docs/metrics.md lists exactly the metrics the code registers, with their types
 
 Needs helm (deploy/local/deps.sh installs it; tests/chart/helm.sh finds it), promtool (Debian's
 prometheus package) and PyYAML (Debian's python3-yaml).
@@ -662,6 +664,26 @@ def cmd_values_doc(env):
     print("%d values documented" % len(commented))
 
 
+def cmd_docs(env):
+    gen = os.path.join(env.src, "docs/gen_crd_reference.py")
+    r = subprocess.run([sys.executable, gen], capture_output=True, text=True)
+    check(r.returncode == 0, "docs/gen_crd_reference.py failed: " + r.stderr)
+    have = open(os.path.join(env.src, "docs/inferencepool.md")).read()
+    check(r.stdout == have, "docs/inferencepool.md is out of date with crds/: run "
+          "python3 docs/gen_crd_reference.py > docs/inferencepool.md")
+    registered = registered_metrics(env.src)
+    text = open(os.path.join(env.src, "docs/metrics.md")).read()
+    rows = dict(re.findall(r"^\|\s*`(pdpool_\w+)`\s*\|\s*(\w+)\s*\|", text, re.M))
+    for name, kind in sorted(registered.items()):
+        check(name in rows, "docs/metrics.md does not list %s (%s)" % (name, kind))
+        check(name not in rows or rows[name] == kind,
+              "docs/metrics.md says %s is a %s; the code registers a %s" %
+              (name, rows.get(name), kind))
+    for name in sorted(set(rows) - set(registered)):
+        fail("docs/metrics.md lists %s, which nothing registers" % name)
+    print("checked %d documented metrics and the CRD reference" % len(rows))
+
+
 COMMANDS = {
     "lint": cmd_lint,
     "render": cmd_render,
@@ -670,6 +692,7 @@ COMMANDS = {
     "metric-names": cmd_metric_names,
     "crds": cmd_crds,
     "values-doc": cmd_values_doc,
+    "docs": cmd_docs,
 }
 
 

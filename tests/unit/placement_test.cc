@@ -331,6 +331,52 @@ TEST(Placement, MakePlacementRequestFromSpec) {
   EXPECT_EQ(r.current_domain, "nvl72-a");
 }
 
+TEST(Placement, AnAutoscaledPoolGoesWhereItHasRoomToGrow) {
+  std::vector<Json> nodes;
+  AddDomain(&nodes, "hgx-b", 4);     // 16 GPUs
+  AddDomain(&nodes, "nvl72-a", 18);  // 72 GPUs
+  PlacementRequest fixed = Request(1, 1);
+  EXPECT_EQ(ChoosePlacement(nodes, {}, fixed).domain, "hgx-b");  // best fit for 8 GPUs
+
+  PlacementRequest autoscaled = Request(1, 1);
+  autoscaled.growth_gpus = 48;
+  const PlacementResult r = ChoosePlacement(nodes, {}, autoscaled);
+  EXPECT_TRUE(r.fits);
+  EXPECT_EQ(r.domain, "nvl72-a");
+  EXPECT_NE(r.message.find("room to grow to 48 GPUs"), std::string::npos) << r.message;
+
+  // Room for the growth in both: the best fit again.
+  autoscaled.growth_gpus = 16;
+  EXPECT_EQ(ChoosePlacement(nodes, {}, autoscaled).domain, "hgx-b");
+}
+
+TEST(Placement, WithNoRoomToGrowAnywhereTheLargestFittingDomainWins) {
+  std::vector<Json> nodes;
+  std::vector<Json> pods;
+  AddDomain(&nodes, "nvl72-a", 18);
+  AddDomain(&nodes, "nvl72-b", 18);
+  UseGpus(&pods, "nvl72-a", 0, 10, 4);  // a: 32 free, b: 72 free
+  PlacementRequest req = Request(1, 1);
+  req.growth_gpus = 200;
+  EXPECT_EQ(ChoosePlacement(nodes, pods, req).domain, "nvl72-b");
+  // A pool already placed stays while it fits, whatever its growth.
+  req.current_domain = "nvl72-a";
+  EXPECT_EQ(ChoosePlacement(nodes, pods, req).domain, "nvl72-a");
+}
+
+TEST(Placement, GrowthComesFromTheBoundsAndTheBudget) {
+  PoolSpec spec;
+  spec.prefill.gpus_per_replica = 4;
+  spec.prefill.max_replicas = 8;
+  spec.decode.gpus_per_replica = 2;
+  spec.decode.max_replicas = 10;
+  EXPECT_EQ(MakePlacementRequest(spec, "serving", "llama", "").growth_gpus, 0);  // fixed size
+  spec.autoscaling.enabled = true;
+  EXPECT_EQ(MakePlacementRequest(spec, "serving", "llama", "").growth_gpus, 52);
+  spec.autoscaling.gpu_budget = 40;
+  EXPECT_EQ(MakePlacementRequest(spec, "serving", "llama", "").growth_gpus, 40);
+}
+
 TEST(PodGpuRequest, CountsContainersLimitsAndInitContainers) {
   Json pod = {
       {"spec",

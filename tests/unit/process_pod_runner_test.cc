@@ -381,6 +381,28 @@ TEST(ProcessPodRunnerProbeTest, TrackerFollowsDelaysAndThresholds) {
   EXPECT_TRUE(readiness.failing());
 }
 
+// The pod's thread sleeps until NextProbeDue: a probe that no longer runs (the startup probe once
+// the container started) or does not run yet (readiness and liveness during startup) must not
+// count, or its due time in the past would wake the thread at once, forever.
+TEST(ProcessPodRunnerProbeTest, NextDueCountsOnlyTheProbesThatRun) {
+  ProbeSpec spec;
+  spec.period = seconds(10);
+  const TimePoint t0{};
+  std::optional<ProbeTracker> startup(std::in_place, spec, t0, false);
+  std::optional<ProbeTracker> readiness(std::in_place, spec, t0 + seconds(1), false);
+  std::optional<ProbeTracker> liveness(std::in_place, spec, t0 + seconds(2), true);
+  // Starting: only the startup probe, although readiness and liveness are already due.
+  startup->Record(false, t0 + seconds(5));
+  EXPECT_EQ(NextProbeDue(startup, false, readiness, liveness), t0 + seconds(15));
+  // Started: the startup probe's due time (now in the past) no longer counts.
+  startup->Record(true, t0 + seconds(15));
+  readiness->Record(true, t0 + seconds(30));
+  liveness->Record(true, t0 + seconds(32));
+  EXPECT_EQ(NextProbeDue(startup, true, readiness, liveness), t0 + seconds(40));
+  EXPECT_EQ(NextProbeDue(std::nullopt, false, std::nullopt, liveness), t0 + seconds(42));
+  EXPECT_EQ(NextProbeDue(std::nullopt, true, std::nullopt, std::nullopt), TimePoint::max());
+}
+
 TEST(ProcessPodRunnerProbeTest, HttpProbeAgainstAClosedPortFails) {
   ProbeSpec spec;
   spec.kind = ProbeSpec::Kind::kHttpGet;

@@ -660,6 +660,36 @@ TEST(RouterServerTest, BusyDecodeWorkerIsSkippedNotPunished) {
   EXPECT_EQ(res->get_header_value("Retry-After"), "1");
 }
 
+TEST(RouterServerTest, AtCapacityRefusesAtOnceAndStillAnswersProbes) {
+  FakeWorker p(WorkerRole::kPrefill), d(WorkerRole::kDecode);
+  d.step_delay_ms = 20;
+  RouterServerOptions o;
+  o.max_inflight = 1;
+  Router router({p.spec(), d.spec()}, o);
+  ASSERT_TRUE(router.WaitReady());
+  Json req = Completion("hi", 40);
+  req["stream"] = true;
+  auto streamed =
+      std::async(std::launch::async, [&] { return router.Post("/v1/completions", req); });
+  ASSERT_TRUE(WaitUntil([&] { return router.server().inflight() == 1; }));
+  auto refused = router.Post("/v1/completions", Completion("hi", 3));
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 503);
+  EXPECT_EQ(refused->get_header_value("Retry-After"), "1");
+  EXPECT_NE(Json::parse(refused->body)["error"]["message"].get<std::string>().find("capacity"),
+            std::string::npos)
+      << refused->body;
+  EXPECT_EQ(router.Get("/healthz")->status, 200);
+  EXPECT_EQ(router.Get("/readyz")->status, 200);
+  auto res = streamed.get();
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  ASSERT_TRUE(WaitUntil([&] { return router.server().inflight() == 0; }));
+  auto again = router.Post("/v1/completions", Completion("hi", 3));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 200) << again->body;
+}
+
 TEST(RouterServerTest, NoWorkerIs503WithRetryAfter) {
   Router router({});
   auto res = router.Post("/v1/completions", Completion("hi", 3));
