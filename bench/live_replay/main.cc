@@ -58,18 +58,10 @@ double Seconds(const std::string& text) {
   return v;
 }
 
-std::string DefaultTrace() {
-  for (const char* p : {"../shared/traces/azure_llm_2023_conv.csv",
-                        "/work/shared/traces/azure_llm_2023_conv.csv"}) {
-    if (std::filesystem::exists(p)) return p;
-  }
-  return "../shared/traces/azure_llm_2023_conv.csv";
-}
-
 struct Flags {
   std::string router;
   std::string model;
-  std::string trace = DefaultTrace();
+  std::string trace = bench::replay::DefaultTracePath();
   ScheduleOptions schedule;
   std::string slo_ttft = "450ms";
   std::string slo_tpot = "40ms";

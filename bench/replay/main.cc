@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -70,14 +69,6 @@ double Seconds(const std::string& s) {
   return v;
 }
 
-std::string DefaultTrace() {
-  for (const char* p : {"../shared/traces/azure_llm_2023_conv.csv",
-                        "/work/shared/traces/azure_llm_2023_conv.csv"}) {
-    if (std::filesystem::exists(p)) return p;
-  }
-  return "../shared/traces/azure_llm_2023_conv.csv";
-}
-
 std::vector<std::string> Split(const std::string& s, char sep) {
   std::vector<std::string> out;
   std::stringstream in(s);
@@ -110,7 +101,7 @@ int main(int argc, char** argv) {
       "pdpool-replay: compare autoscaling policies on a request trace replayed in virtual time "
       "through the real scheduler (sim backend)"};
   Scenario sc;
-  sc.trace_path = DefaultTrace();
+  sc.trace_path = DefaultTracePath();
   sc.rate_multiplier = 30;
   sc.scheduler.max_batched_tokens = 8192;
   sc.scheduler.max_running = 256;

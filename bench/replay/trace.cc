@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -123,6 +124,14 @@ StatusOr<std::vector<TraceRequest>> ParseTraceCsv(const std::string& text,
   for (size_t i = 0; i < out.size(); ++i) out[i].arrival_s = absolute[i] - first;
   SortByArrival(&out);
   return out;
+}
+
+std::string DefaultTracePath() {
+  for (const char* p : {"../shared/traces/azure_llm_2023_conv.csv",
+                        "/work/shared/traces/azure_llm_2023_conv.csv"}) {
+    if (std::filesystem::exists(p)) return p;
+  }
+  return "../shared/traces/azure_llm_2023_conv.csv";
 }
 
 StatusOr<std::vector<TraceRequest>> LoadTraceCsv(const std::string& path) {

@@ -30,6 +30,9 @@ struct TraceRequest {
 StatusOr<std::vector<TraceRequest>> ParseTraceCsv(const std::string& text,
                                                   const std::string& source_name);
 StatusOr<std::vector<TraceRequest>> LoadTraceCsv(const std::string& path);
+// The Azure conversation trace in ../shared/traces (from the repository root) or
+// /work/shared/traces, whichever exists; the former when neither does (the error then names it).
+std::string DefaultTracePath();
 
 // The requests with start_s <= arrival < end_s, re-based so start_s becomes 0. end_s <= 0:
 // to the end of the trace.
