@@ -150,6 +150,8 @@ set ytics mirror
 set terminal pngcairo size 1100,700 font ',10'
 set output '$out/latency.png'
 set multiplot layout 2,1 title 'client-side latency, p90 over the last 10 s, against the SLO'
+set yrange [0:*]
+set offsets 0, 0, graph 0.1, 0
 set title 'time to first token'
 set ylabel 'ms'
 plot '$out/timeseries.csv' using 1:(\$7*1000) with lines lw 1 lc rgb '#1f77b4' title 'TTFT p90', \
