@@ -239,9 +239,10 @@ TEST_F(PrometheusMetricsSourceIntegrationTest, ReadsRatesMeansAndQuantilesFromRe
   EXPECT_NEAR(s.decode.mean_batch, 8, 8 * 0.05);
   EXPECT_NEAR(s.prefill.mean_step_seconds, 0.02, 0.02 * 0.05);
   EXPECT_NEAR(s.decode.mean_step_seconds, 0.01, 0.01 * 0.05);
-  // Every TTFT in (0.1, 0.15], every TPOT in (0.01, 0.025]: p90 interpolates to 90% of the way.
+  // Every TTFT in the router's bucket (0.1, 0.15], every TPOT in (0.015, 0.02]: p90
+  // interpolates to 90% of the way.
   EXPECT_NEAR(s.ttft_seconds, 0.1 + 0.05 * 0.9, 1e-6);
-  EXPECT_NEAR(s.tpot_seconds, 0.01 + 0.015 * 0.9, 1e-6);
+  EXPECT_NEAR(s.tpot_seconds, 0.015 + 0.005 * 0.9, 1e-6);
   EXPECT_EQ(s.inflight_requests, 0);
   // Gauges of the warm workers only.
   EXPECT_EQ(s.prefill.warm_workers, 1);
