@@ -145,19 +145,9 @@ subjects:
     const int metrics_port = FreeLoopbackPort();
     env_.StartController("planner",
                          {"--metrics-port", std::to_string(metrics_port), "--planner-warmup", "3"});
-    const std::string config = (dir_ / "prometheus.yml").string();
-    CommandResult rendered =
-        TestEnv::RunShell(env_.SourcePath("deploy/local/prometheus-config.sh") +
-                          " --controller 127.0.0.1:" + std::to_string(metrics_port) +
-                          " --scrape-interval 1s > " + config);
-    ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
-    prometheus_port_ = FreeLoopbackPort();
     std::string error;
-    prometheus_ =
-        SpawnProcess("prometheus", "/usr/bin/prometheus",
-                     {"--config.file=" + config, "--storage.tsdb.path=" + (dir_ / "data").string(),
-                      "--web.listen-address=127.0.0.1:" + std::to_string(prometheus_port_)},
-                     (dir_ / "prometheus.log").string(), &error);
+    prometheus_ = env_.StartLocalPrometheus("127.0.0.1:" + std::to_string(metrics_port),
+                                            dir_.string(), &prometheus_port_, &error);
     ASSERT_NE(prometheus_, nullptr) << error;
   }
 

@@ -220,18 +220,9 @@ class RackE2eTest : public ::testing::Test {
   // Prometheus (Debian's) with deploy/local/prometheus-config.sh's configuration: the targets
   // from the controller pod's /prometheus/targets, scraped every second.
   void StartPrometheus() {
-    const std::string config = dir_ + "/prometheus.yml";
-    CommandResult rendered = TestEnv::RunShell(
-        Quote(env_.SourcePath("deploy/local/prometheus-config.sh")) + " --controller " +
-        controller_ip_ + ":8080 --scrape-interval 1s > " + Quote(config));
-    ASSERT_EQ(rendered.exit_code, 0) << rendered.output;
-    prometheus_port_ = FreeLoopbackPort();
     std::string error;
     prometheus_ =
-        SpawnProcess("prometheus", "/usr/bin/prometheus",
-                     {"--config.file=" + config, "--storage.tsdb.path=" + dir_ + "/prometheus-data",
-                      "--web.listen-address=127.0.0.1:" + std::to_string(prometheus_port_)},
-                     dir_ + "/prometheus.log", &error);
+        env_.StartLocalPrometheus(controller_ip_ + ":8080", dir_, &prometheus_port_, &error);
     ASSERT_NE(prometheus_, nullptr) << error;
     httplib::Client prom("127.0.0.1", prometheus_port_);
     prom.set_read_timeout(5);

@@ -126,6 +126,24 @@ CommandResult TestEnv::RunShell(const std::string& command) {
   return r;
 }
 
+std::unique_ptr<ChildProcess> TestEnv::StartLocalPrometheus(const std::string& controller_address,
+                                                            const std::string& dir, int* port,
+                                                            std::string* error) const {
+  const std::string config = dir + "/prometheus.yml";
+  CommandResult rendered = RunShell("'" + SourcePath("deploy/local/prometheus-config.sh") +
+                                    "' --controller " + controller_address +
+                                    " --scrape-interval 1s > '" + config + "'");
+  if (rendered.exit_code != 0) {
+    *error = "prometheus-config.sh failed: " + rendered.output;
+    return nullptr;
+  }
+  *port = FreeLoopbackPort();
+  return SpawnProcess("prometheus", "/usr/bin/prometheus",
+                      {"--config.file=" + config, "--storage.tsdb.path=" + dir + "/prometheus-data",
+                       "--web.listen-address=127.0.0.1:" + std::to_string(*port)},
+                      dir + "/prometheus.log", error);
+}
+
 CommandResult TestEnv::Kubectl(const std::string& args, const std::string& stdin_text) {
   std::string input_file;
   std::string cmd = "kubectl --kubeconfig '" + kubeconfig_ + "' " + args;

@@ -64,6 +64,13 @@ class TestEnv {
   // metrics port is any free one unless extra_args has --metrics-port.
   ChildProcess* StartController(const std::string& identity,
                                 const std::vector<std::string>& extra_args = {});
+  // Debian's Prometheus with deploy/local/prometheus-config.sh's configuration: the pools' pods
+  // from the controller's /prometheus/targets at `controller_address` (host:port), and the
+  // controller itself, scraped every second; config, data and log under `dir`, the API on a free
+  // loopback port (*port). Null, with `error` set, when it cannot be started.
+  std::unique_ptr<ChildProcess> StartLocalPrometheus(const std::string& controller_address,
+                                                     const std::string& dir, int* port,
+                                                     std::string* error) const;
   // Waits until the named nodes report Ready with their GPUs.
   void WaitForNodes(const std::string& prefix, int count);
 
