@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "agent/engine/device_kv.h"
 #include "agent/model/model_config.h"
 #include "common/clock.h"
 #include "common/status.h"
@@ -87,6 +88,10 @@ class Backend {
   }
   // Time a real transfer of `bytes` would take on the modeled link (sim); zero otherwise.
   virtual Duration ModeledKvTransferTime(int64_t /*bytes*/) const { return Duration{0}; }
+  // The KV cache in GPU memory (cuda); nullptr for host-memory backends. Every block a Step
+  // wrote is complete in device memory when Step returns, and a block that a transport writes
+  // between Steps is read by the next Step (transports finish their copies before commit).
+  virtual const DeviceKvRegion* device_kv() const { return nullptr; }
 };
 
 }  // namespace pdpool::agent

@@ -4,10 +4,21 @@
 #include <algorithm>
 
 #include "agent/engine/cpu/cpu_backend.h"
+#if defined(PDPOOL_HAVE_CUDA)
+#include "agent/engine/cuda/cuda_backend.h"
+#endif
 #include "agent/engine/sim/sim_backend.h"
 #include "agent/model/weights.h"
 
 namespace pdpool::agent {
+
+bool CudaBackendBuilt() {
+#if defined(PDPOOL_HAVE_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
 
 StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options) {
   if (options.block_size < 1 || options.block_size > 1024) {
@@ -39,9 +50,24 @@ StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options) {
     return NewSimBackend(sim);
   }
   if (options.backend == "cuda") {
+#if defined(PDPOOL_HAVE_CUDA)
+    CudaBackendOptions cuda;
+    cuda.model = std::move(*config);
+    cuda.weights = options.weights;
+    cuda.device = options.device;
+    cuda.block_size = options.block_size;
+    cuda.num_blocks = options.num_kv_blocks;
+    cuda.gpu_memory_utilization = options.gpu_memory_utilization;
+    cuda.max_batched_tokens = options.max_batched_tokens;
+    cuda.max_sequences = options.max_sequences;
+    cuda.max_model_len = options.max_model_len;
+    cuda.cuda_graphs = options.cuda_graphs;
+    return NewCudaBackend(cuda);
+#else
     return Status::InvalidArgument(
-        "backend \"cuda\" is not built into this binary yet (the CUDA engine is its own "
-        "milestone); use cpu or sim");
+        "backend \"cuda\" is not built into this binary: it was built without nvcc (CMake "
+        "found no CUDA compiler, or -DPDPOOL_CUDA=OFF); use cpu or sim");
+#endif
   }
   return Status::InvalidArgument("backend \"" + options.backend + "\": must be cpu, sim or cuda");
 }

@@ -73,24 +73,41 @@ int64_t Product(const std::vector<int64_t>& shape) {
 
 int64_t Tensor::NumElements() const { return Product(shape); }
 
+std::vector<DummyTensorSpec> DummyWeightSpecs(const ModelConfig& config, uint64_t seed) {
+  ModelWeights shapes_only;
+  shapes_only.layers.resize(static_cast<size_t>(config.num_layers));
+  std::vector<Slot<Tensor>> slots = Slots(config, shapes_only);
+  std::vector<DummyTensorSpec> specs;
+  specs.reserve(slots.size());
+  for (size_t t = 0; t < slots.size(); ++t) {
+    const Slot<Tensor>& s = slots[t];
+    DummyTensorSpec spec;
+    spec.name = s.name;
+    spec.shape = s.shape;
+    spec.stream = Mix(seed ^ Mix(0x5eed0000ull + t));
+    // IEEE sqrt and division are correctly rounded: the same bound everywhere.
+    spec.bound = s.init == Init::kNorm ? 0.05 : 1.0 / std::sqrt(static_cast<double>(s.fan_in));
+    spec.center = s.init == Init::kNorm ? 1.0 : 0.0;
+    specs.push_back(std::move(spec));
+  }
+  return specs;
+}
+
 ModelWeights DummyWeights(const ModelConfig& config, uint64_t seed) {
   ModelWeights w;
   w.layers.resize(static_cast<size_t>(config.num_layers));
   std::vector<Slot<Tensor>> slots = Slots(config, w);
+  const std::vector<DummyTensorSpec> specs = DummyWeightSpecs(config, seed);
   for (size_t t = 0; t < slots.size(); ++t) {
     Slot<Tensor>& s = slots[t];
+    const DummyTensorSpec& spec = specs[t];
     s.tensor->shape = s.shape;
     s.tensor->data.resize(static_cast<size_t>(Product(s.shape)));
-    const uint64_t stream = Mix(seed ^ Mix(0x5eed0000ull + t));
-    // IEEE sqrt and division are correctly rounded: the same bound everywhere.
-    const double bound =
-        s.init == Init::kNorm ? 0.05 : 1.0 / std::sqrt(static_cast<double>(s.fan_in));
-    const double center = s.init == Init::kNorm ? 1.0 : 0.0;
     std::vector<float>& d = s.tensor->data;
     for (size_t i = 0; i < d.size(); ++i) {
-      const uint64_t x = Mix(stream + (static_cast<uint64_t>(i) + 1) * 0x9E3779B97F4A7C15ull);
+      const uint64_t x = Mix(spec.stream + (static_cast<uint64_t>(i) + 1) * 0x9E3779B97F4A7C15ull);
       const double u = static_cast<double>(x >> 40) * (1.0 / 16777216.0);  // [0, 1), 24 bits
-      d[i] = static_cast<float>(center + (2.0 * u - 1.0) * bound);
+      d[i] = static_cast<float>(spec.center + (2.0 * u - 1.0) * spec.bound);
     }
   }
   return w;

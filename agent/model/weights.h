@@ -41,6 +41,20 @@ struct ModelWeights {
 // norms uniform in 1 ± 0.05.
 ModelWeights DummyWeights(const ModelConfig& config, uint64_t seed);
 
+// How DummyWeights fills one tensor, for backends that generate the same values elsewhere (the
+// cuda backend, on the GPU): element i is
+//   float(center + (2·u − 1)·bound), u = (SplitMix64(stream + (i + 1)·0x9E3779B97F4A7C15) >> 40) / 2^24
+// computed in IEEE double.
+struct DummyTensorSpec {
+  std::string name;  // Hugging Face name
+  std::vector<int64_t> shape;
+  uint64_t stream = 0;
+  double bound = 0;
+  double center = 0;
+};
+// Every tensor of the model in DummyWeights' order (lm_head only when not tied).
+std::vector<DummyTensorSpec> DummyWeightSpecs(const ModelConfig& config, uint64_t seed);
+
 // spec: "dummy:<seed>" (or "dummy", seed 0), or a path: a directory holding model.safetensors
 // or model.safetensors.index.json, an index file, or a single .safetensors file. Tensors are
 // checked against the config's shapes; errors name the file and the tensor.

@@ -8,12 +8,13 @@
 #include <cmath>
 #include <cstring>
 #include <new>
-#include <numbers>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "agent/engine/sampling.h"
+#include "agent/engine/step_validation.h"
+#include "agent/model/rope.h"
 
 namespace pdpool::agent {
 namespace {
@@ -61,7 +62,7 @@ class CpuBackend final : public Backend {
               std::vector<float>(static_cast<size_t>(layer_floats), 0.0f));
     v_.assign(static_cast<size_t>(config_.num_layers),
               std::vector<float>(static_cast<size_t>(layer_floats), 0.0f));
-    ComputeInvFreq();
+    inv_freq_ = RopeInverseFrequencies(config_);
   }
 
   std::string_view name() const override { return "cpu"; }
@@ -70,9 +71,7 @@ class CpuBackend final : public Backend {
 
   StatusOr<StepResult> Step(const StepBatch& batch) override {
     // Validate everything first: an invalid batch changes no KV.
-    for (size_t i = 0; i < batch.sequences.size(); ++i) {
-      if (Status s = ValidateSequence(batch.sequences[i], i); !s.ok()) return s;
-    }
+    if (Status s = ValidateStepBatch("cpu backend", config_, layout_, batch); !s.ok()) return s;
     try {
       StepResult result;
       result.next_tokens.reserve(batch.sequences.size());
@@ -95,7 +94,9 @@ class CpuBackend final : public Backend {
   }
 
   Status ExportKvBlock(int32_t block, int32_t tokens, std::string* out) override {
-    if (Status s = CheckBlockArgs(block, tokens); !s.ok()) return s;
+    if (Status s = ValidateKvBlockArgs("cpu backend", layout_, block, tokens); !s.ok()) {
+      return s;
+    }
     const size_t chunk = static_cast<size_t>(tokens * slot_floats_) * sizeof(float);
     const size_t offset = static_cast<size_t>(int64_t{block} * layout_.block_size * slot_floats_);
     out->resize(chunk * 2 * static_cast<size_t>(config_.num_layers));
@@ -110,7 +111,9 @@ class CpuBackend final : public Backend {
   }
 
   Status ImportKvBlock(int32_t block, int32_t tokens, std::string_view data) override {
-    if (Status s = CheckBlockArgs(block, tokens); !s.ok()) return s;
+    if (Status s = ValidateKvBlockArgs("cpu backend", layout_, block, tokens); !s.ok()) {
+      return s;
+    }
     const size_t chunk = static_cast<size_t>(tokens * slot_floats_) * sizeof(float);
     const size_t want = chunk * 2 * static_cast<size_t>(config_.num_layers);
     if (data.size() != want) {
@@ -130,83 +133,6 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  Status CheckBlockArgs(int32_t block, int32_t tokens) const {
-    if (block < 0 || block >= layout_.num_blocks) {
-      return Status::InvalidArgument("cpu backend: block " + std::to_string(block) +
-                                     " out of range [0, " + std::to_string(layout_.num_blocks) +
-                                     ")");
-    }
-    if (tokens < 1 || tokens > layout_.block_size) {
-      return Status::InvalidArgument("cpu backend: tokens " + std::to_string(tokens) +
-                                     " out of range [1, " + std::to_string(layout_.block_size) +
-                                     "]");
-    }
-    return Status::Ok();
-  }
-
-  Status ValidateSequence(const SequenceStep& seq, size_t index) const {
-    const std::string who =
-        "sequence " + std::to_string(index) + " (seq_id " + std::to_string(seq.seq_id) + "): ";
-    if (seq.tokens.empty()) return Status::InvalidArgument(who + "no tokens to run");
-    if (seq.start_position < 0) {
-      return Status::InvalidArgument(who + "start_position " + std::to_string(seq.start_position) +
-                                     " is negative");
-    }
-    const int64_t end = int64_t{seq.start_position} + static_cast<int64_t>(seq.tokens.size());
-    if (end > config_.max_position_embeddings) {
-      return Status::InvalidArgument(who + "position " + std::to_string(end - 1) +
-                                     " is beyond max_position_embeddings (" +
-                                     std::to_string(config_.max_position_embeddings) + ")");
-    }
-    const int64_t need = (end + layout_.block_size - 1) / layout_.block_size;
-    if (static_cast<int64_t>(seq.block_table.size()) < need) {
-      return Status::InvalidArgument(
-          who + "block_table has " + std::to_string(seq.block_table.size()) +
-          " blocks, positions [0, " + std::to_string(end) + ") need " + std::to_string(need) +
-          " (block_size " + std::to_string(layout_.block_size) + ")");
-    }
-    for (size_t b = 0; b < static_cast<size_t>(need); ++b) {
-      const int32_t id = seq.block_table[b];
-      if (id < 0 || id >= layout_.num_blocks) {
-        return Status::InvalidArgument(who + "block_table[" + std::to_string(b) +
-                                       "] = " + std::to_string(id) + " out of range [0, " +
-                                       std::to_string(layout_.num_blocks) + ")");
-      }
-    }
-    for (size_t t = 0; t < seq.tokens.size(); ++t) {
-      if (seq.tokens[t] < 0 || seq.tokens[t] >= config_.vocab_size) {
-        return Status::InvalidArgument(
-            who + "token " + std::to_string(seq.tokens[t]) + " at index " + std::to_string(t) +
-            " out of range [0, vocab_size " + std::to_string(config_.vocab_size) + ")");
-      }
-    }
-    return Status::Ok();
-  }
-
-  // HF Llama inverse frequencies theta^(-2i/d), with llama3 long-context scaling.
-  void ComputeInvFreq() {
-    const int half = config_.head_dim / 2;
-    inv_freq_.resize(static_cast<size_t>(half));
-    const RopeScaling& rs = config_.rope_scaling;
-    for (int i = 0; i < half; ++i) {
-      double f = 1.0 / std::pow(config_.rope_theta, (2.0 * i) / config_.head_dim);
-      if (rs.llama3) {
-        const double orig = rs.original_max_position_embeddings;
-        const double wavelen = 2.0 * std::numbers::pi / f;
-        if (wavelen < orig / rs.high_freq_factor) {
-          // high frequency: unchanged
-        } else if (wavelen > orig / rs.low_freq_factor) {
-          f = f / rs.factor;
-        } else {
-          const double smooth =
-              (orig / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
-          f = (1.0 - smooth) * f / rs.factor + smooth * f;
-        }
-      }
-      inv_freq_[static_cast<size_t>(i)] = f;
-    }
-  }
-
   // cos/sin tables for positions [0, positions); grown on demand (entries never change).
   void EnsureRope(int64_t positions) {
     if (positions <= rope_positions_) return;

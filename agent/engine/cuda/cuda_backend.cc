@@ -1,0 +1,740 @@
+// CudaBackend: the bf16 Llama forward of the `cuda` backend (see cuda_backend.h). A step is
+// planned on the host (token rows, cache slots, per-sequence metadata, attention work lists),
+// copied to fixed device buffers, and run on one stream: embedding, then per layer RMSNorm →
+// QKV GEMM → RoPE + KV write → decode and/or prefill attention → O GEMM → residual + RMSNorm →
+// gate/up GEMM → SwiGLU → down GEMM, then the sampled rows' final norm, LM head and sampler.
+// Decode-only steps replay a CUDA graph captured for their batch-size bucket (padded with
+// sequences on a scratch block), so a step costs one graph launch instead of hundreds of
+// kernel launches.
+#include "agent/engine/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "agent/engine/cuda/cuda_check.h"
+#include "agent/engine/cuda/device_memory.h"
+#include "agent/engine/cuda/kernels.h"
+#include "agent/engine/cuda/kv_cache_layout.h"
+#include "agent/engine/step_validation.h"
+#include "agent/model/rope.h"
+
+namespace pdpool::agent {
+namespace {
+
+using cuda::bf16;
+using cuda::DeviceBuffer;
+using cuda::PinnedBuffer;
+
+Status CublasStatus(cublasStatus_t status, const char* call, int line) {
+  return Status::Internal(std::string(call) + " failed at cuda_backend.cc:" + std::to_string(line) +
+                          ": " + cublasGetStatusName(status) + " (" +
+                          cublasGetStatusString(status) + ")");
+}
+
+#define PDPOOL_CUBLAS_RETURN_IF_ERROR(call)                        \
+  do {                                                             \
+    if (cublasStatus_t pdpool_cublas_status_ = (call);             \
+        pdpool_cublas_status_ != CUBLAS_STATUS_SUCCESS) {          \
+      return CublasStatus(pdpool_cublas_status_, #call, __LINE__); \
+    }                                                              \
+  } while (0)
+
+#define PDPOOL_RETURN_IF_NOT_OK(expr)                                           \
+  do {                                                                          \
+    if (::pdpool::Status pdpool_s_ = (expr); !pdpool_s_.ok()) return pdpool_s_; \
+  } while (0)
+
+// Decode graphs are captured for these batch sizes (the smallest bucket ≥ the batch is used).
+constexpr int kGraphBuckets[] = {1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256};
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
+std::string UuidString(const cudaUUID_t& uuid) {
+  const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
+  char text[64];
+  std::snprintf(text, sizeof(text),
+                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+                b[14], b[15]);
+  return text;
+}
+
+size_t AlignUp(size_t n) { return (n + 255) / 256 * 256; }
+
+// Device addresses of one layer's weights (views into the one weight allocation).
+struct LayerWeightsDevice {
+  bf16* attn_norm = nullptr;
+  bf16* wqkv = nullptr;  // [q heads + 2·kv heads)·head_dim, hidden]: q_proj, k_proj, v_proj rows
+  bf16* wo = nullptr;
+  bf16* mlp_norm = nullptr;
+  bf16* w_gate_up = nullptr;  // [2·intermediate, hidden]: gate_proj rows, then up_proj rows
+  bf16* w_down = nullptr;
+};
+
+// Per-step arrays at fixed offsets, mirrored in pinned host memory and on the device (fixed
+// device addresses are what lets a captured graph be replayed with new contents).
+struct StepArrays {
+  size_t tokens = 0, positions = 0, slots = 0, meta = 0, block_tables = 0, decode_index = 0,
+         tiles = 0, sample_rows = 0, sample_params = 0, next_tokens = 0, bytes = 0;
+};
+
+// The host-side plan of one step.
+struct StepPlan {
+  int num_tokens = 0;
+  int num_seqs = 0;
+  int num_decode = 0;
+  int num_tiles = 0;
+  int num_samples = 0;
+  int num_splits = 1;
+  int block_table_entries = 0;
+  std::vector<int> sample_sequence;  // batch index of each sampled row
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(CudaBackendOptions options) : options_(std::move(options)) {}
+
+  ~CudaBackend() override {
+    cudaSetDevice(options_.device);
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    for (auto& [bucket, exec] : graphs_) cudaGraphExecDestroy(exec);
+    if (cublas_ != nullptr) cublasDestroy(cublas_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  Status Init() {
+    const ModelConfig& c = options_.model;
+    PDPOOL_RETURN_IF_NOT_OK(c.Validate());
+    PDPOOL_RETURN_IF_NOT_OK(cuda::CheckAttentionShape(c.head_dim, c.num_heads, c.num_kv_heads));
+    if (options_.block_size < 1 || options_.block_size > 1024) {
+      return Status::InvalidArgument("cuda backend: block_size " +
+                                     std::to_string(options_.block_size) + " must be 1..1024");
+    }
+    if (options_.max_batched_tokens < 1 || options_.max_sequences < 1) {
+      return Status::InvalidArgument(
+          "cuda backend: max_batched_tokens and max_sequences must be positive");
+    }
+    int devices = 0;
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&devices));
+    if (options_.device < 0 || options_.device >= devices) {
+      return Status::InvalidArgument("cuda backend: device " + std::to_string(options_.device) +
+                                     " does not exist (" + std::to_string(devices) + " visible)");
+    }
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+    cudaDeviceProp prop{};
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, options_.device));
+    if (prop.major < 8) {
+      return Status::InvalidArgument(std::string("cuda backend: ") + prop.name +
+                                     " has compute capability " + std::to_string(prop.major) + "." +
+                                     std::to_string(prop.minor) +
+                                     "; bf16 tensor cores need 8.0 or newer (built for 9.0)");
+    }
+    num_sms_ = prop.multiProcessorCount;
+    device_name_ = prop.name;
+    region_.device = options_.device;
+    region_.device_uuid = UuidString(prop.uuid);
+    max_model_len_ = options_.max_model_len > 0 ? options_.max_model_len
+                                                : std::min(c.max_position_embeddings, 32768);
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    PDPOOL_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
+    PDPOOL_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
+    PDPOOL_RETURN_IF_NOT_OK(cublas_workspace_.Allocate(kCublasWorkspaceBytes, "cuBLAS workspace"));
+    PDPOOL_CUBLAS_RETURN_IF_ERROR(
+        cublasSetWorkspace(cublas_, cublas_workspace_.get(), kCublasWorkspaceBytes));
+    PDPOOL_RETURN_IF_NOT_OK(LoadWeights());
+    PDPOOL_RETURN_IF_NOT_OK(BuildRopeTable());
+    PDPOOL_RETURN_IF_NOT_OK(AllocateActivations());
+    PDPOOL_RETURN_IF_NOT_OK(AllocateKvCache());
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+
+  std::string_view name() const override { return "cuda"; }
+  const ModelConfig& model() const override { return options_.model; }
+  const KvLayout& kv_layout() const override { return layout_; }
+  const DeviceKvRegion* device_kv() const override { return &region_; }
+
+  StatusOr<StepResult> Step(const StepBatch& batch) override {
+    PDPOOL_RETURN_IF_NOT_OK(ValidateStepBatch("cuda backend", options_.model, layout_, batch));
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+    StepResult result;
+    result.next_tokens.assign(batch.sequences.size(), -1);
+    if (batch.sequences.empty()) return result;
+    auto plan = PlanStep(batch);
+    if (!plan.ok()) return plan.status();
+    if (Status s = RunStep(&*plan); !s.ok()) return s;
+    const auto* tokens = Host<int32_t>(arrays_.next_tokens);
+    for (int j = 0; j < static_cast<int>(plan->sample_sequence.size()); ++j) {
+      result.next_tokens[static_cast<size_t>(plan->sample_sequence[static_cast<size_t>(j)])] =
+          tokens[j];
+    }
+    if (batch.want_logits) {
+      const ModelConfig& c = options_.model;
+      result.logits.resize(batch.sequences.size());
+      std::vector<float> host(static_cast<size_t>(plan->sample_sequence.size()) * c.vocab_size);
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpy(host.data(), logits_.get(),
+                                             host.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      for (size_t j = 0; j < plan->sample_sequence.size(); ++j) {
+        result.logits[static_cast<size_t>(plan->sample_sequence[j])].assign(
+            host.begin() + static_cast<int64_t>(j) * c.vocab_size,
+            host.begin() + static_cast<int64_t>(j + 1) * c.vocab_size);
+      }
+    }
+    return result;
+  }
+
+  // Wire form of a block: its filled slots of every (layer, K/V, head) tile, in block order:
+  // [layer][K, V][kv_head][tokens][head_dim] bf16.
+  Status ExportKvBlock(int32_t block, int32_t tokens, std::string* out) override {
+    PDPOOL_RETURN_IF_NOT_OK(ValidateKvBlockArgs("cuda backend", layout_, block, tokens));
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+    const size_t row = static_cast<size_t>(tokens) * geometry_.head_dim * sizeof(bf16);
+    const size_t rows = static_cast<size_t>(geometry_.num_layers) * 2 * geometry_.num_kv_heads;
+    out->resize(row * rows);
+    const char* src = kv_cache_.get<char>() + static_cast<size_t>(region_.block_bytes) * block;
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(out->data(), row, src,
+                                                  geometry_.head_stride * sizeof(bf16), row, rows,
+                                                  cudaMemcpyDeviceToHost, stream_));
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+
+  Status ImportKvBlock(int32_t block, int32_t tokens, std::string_view data) override {
+    PDPOOL_RETURN_IF_NOT_OK(ValidateKvBlockArgs("cuda backend", layout_, block, tokens));
+    const size_t row = static_cast<size_t>(tokens) * geometry_.head_dim * sizeof(bf16);
+    const size_t rows = static_cast<size_t>(geometry_.num_layers) * 2 * geometry_.num_kv_heads;
+    if (data.size() != row * rows) {
+      return Status::InvalidArgument(
+          "cuda backend: KV block payload for " + std::to_string(tokens) + " tokens must be " +
+          std::to_string(row * rows) + " bytes, got " + std::to_string(data.size()));
+    }
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
+    char* dst = kv_cache_.get<char>() + static_cast<size_t>(region_.block_bytes) * block;
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(dst, geometry_.head_stride * sizeof(bf16),
+                                                  data.data(), row, row, rows,
+                                                  cudaMemcpyHostToDevice, stream_));
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+
+ private:
+  // ---- setup ----
+
+  // Fused layouts: one [q; k; v] and one [gate; up] matrix per layer, so each is one GEMM.
+  struct WeightSlot {
+    bf16* dst = nullptr;
+    int64_t elements = 0;
+  };
+
+  StatusOr<std::map<std::string, WeightSlot>> PlanWeights() {
+    const ModelConfig& c = options_.model;
+    const int64_t h = c.hidden_size, inter = c.intermediate_size, v = c.vocab_size;
+    const int64_t q = int64_t{c.num_heads} * c.head_dim, kv = int64_t{c.num_kv_heads} * c.head_dim;
+    std::vector<std::pair<std::string, int64_t>> sizes;
+    sizes.emplace_back("model.embed_tokens.weight", v * h);
+    for (int i = 0; i < c.num_layers; ++i) {
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      sizes.emplace_back(p + "input_layernorm.weight", h);
+      sizes.emplace_back(p + "self_attn.q_proj.weight", q * h);   // the three are adjacent:
+      sizes.emplace_back(p + "self_attn.k_proj.weight", kv * h);  // one fused QKV matrix
+      sizes.emplace_back(p + "self_attn.v_proj.weight", kv * h);
+      sizes.emplace_back(p + "self_attn.o_proj.weight", h * q);
+      sizes.emplace_back(p + "post_attention_layernorm.weight", h);
+      sizes.emplace_back(p + "mlp.gate_proj.weight", inter * h);  // adjacent: fused gate/up
+      sizes.emplace_back(p + "mlp.up_proj.weight", inter * h);
+      sizes.emplace_back(p + "mlp.down_proj.weight", h * inter);
+    }
+    sizes.emplace_back("model.norm.weight", h);
+    if (!c.tie_word_embeddings) sizes.emplace_back("lm_head.weight", v * h);
+    int64_t total = 0;
+    for (const auto& [name, n] : sizes) total += n;
+    PDPOOL_RETURN_IF_NOT_OK(
+        weights_.Allocate(static_cast<size_t>(total) * sizeof(bf16), "model weights"));
+    std::map<std::string, WeightSlot> slots;
+    bf16* next = weights_.get<bf16>();
+    for (const auto& [name, n] : sizes) {
+      slots[name] = WeightSlot{next, n};
+      next += n;
+    }
+    auto at = [&](const std::string& name) { return slots[name].dst; };
+    layers_.resize(static_cast<size_t>(c.num_layers));
+    for (int i = 0; i < c.num_layers; ++i) {
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      LayerWeightsDevice& l = layers_[static_cast<size_t>(i)];
+      l.attn_norm = at(p + "input_layernorm.weight");
+      l.wqkv = at(p + "self_attn.q_proj.weight");
+      l.wo = at(p + "self_attn.o_proj.weight");
+      l.mlp_norm = at(p + "post_attention_layernorm.weight");
+      l.w_gate_up = at(p + "mlp.gate_proj.weight");
+      l.w_down = at(p + "mlp.down_proj.weight");
+    }
+    embed_ = at("model.embed_tokens.weight");
+    final_norm_ = at("model.norm.weight");
+    lm_head_ = c.tie_word_embeddings ? embed_ : at("lm_head.weight");
+    return slots;
+  }
+
+  Status LoadWeights() {
+    auto slots = PlanWeights();
+    if (!slots.ok()) return slots.status();
+    const std::string& spec = options_.weights;
+    if (spec == "dummy" || spec.rfind("dummy:", 0) == 0) {
+      uint64_t seed = 0;
+      if (spec.size() > 6) {
+        char* end = nullptr;
+        seed = std::strtoull(spec.c_str() + 6, &end, 10);
+        if (end == nullptr || *end != '\0') {
+          return Status::InvalidArgument("cuda backend: weights \"" + spec +
+                                         "\": want dummy:<seed>");
+        }
+      }
+      for (const DummyTensorSpec& t : DummyWeightSpecs(options_.model, seed)) {
+        const WeightSlot& slot = (*slots)[t.name];
+        PDPOOL_RETURN_IF_NOT_OK(
+            cuda::LaunchDummyInit(slot.dst, slot.elements, t.stream, t.bound, t.center, stream_));
+      }
+      return Status::Ok();
+    }
+    // A checkpoint: float32 on the host (LoadWeights converts any dtype), bf16 on the GPU.
+    auto host = agent::LoadWeights(options_.model, spec);
+    if (!host.ok()) return host.status();
+    std::vector<std::pair<std::string, const Tensor*>> tensors;
+    tensors.emplace_back("model.embed_tokens.weight", &host->embed);
+    for (int i = 0; i < options_.model.num_layers; ++i) {
+      const LayerWeights& l = host->layers[static_cast<size_t>(i)];
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      tensors.emplace_back(p + "input_layernorm.weight", &l.attn_norm);
+      tensors.emplace_back(p + "self_attn.q_proj.weight", &l.wq);
+      tensors.emplace_back(p + "self_attn.k_proj.weight", &l.wk);
+      tensors.emplace_back(p + "self_attn.v_proj.weight", &l.wv);
+      tensors.emplace_back(p + "self_attn.o_proj.weight", &l.wo);
+      tensors.emplace_back(p + "post_attention_layernorm.weight", &l.mlp_norm);
+      tensors.emplace_back(p + "mlp.gate_proj.weight", &l.w_gate);
+      tensors.emplace_back(p + "mlp.up_proj.weight", &l.w_up);
+      tensors.emplace_back(p + "mlp.down_proj.weight", &l.w_down);
+    }
+    tensors.emplace_back("model.norm.weight", &host->final_norm);
+    if (!options_.model.tie_word_embeddings) tensors.emplace_back("lm_head.weight", &host->lm_head);
+    std::vector<bf16> converted;
+    for (const auto& [name, tensor] : tensors) {
+      const WeightSlot& slot = (*slots)[name];
+      if (static_cast<int64_t>(tensor->data.size()) != slot.elements) {
+        return Status::InvalidArgument("cuda backend: tensor " + name + " has " +
+                                       std::to_string(tensor->data.size()) + " values, expected " +
+                                       std::to_string(slot.elements));
+      }
+      converted.resize(tensor->data.size());
+      for (size_t i = 0; i < converted.size(); ++i)
+        converted[i] = __float2bfloat16(tensor->data[i]);
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpy(
+          slot.dst, converted.data(), converted.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+    }
+    return Status::Ok();
+  }
+
+  // cos/sin for every position the model allows, from the same double-precision frequencies
+  // as the cpu backend.
+  Status BuildRopeTable() {
+    const ModelConfig& c = options_.model;
+    const std::vector<double> inv_freq = RopeInverseFrequencies(c);
+    const int half = c.head_dim / 2;
+    const int64_t positions = c.max_position_embeddings;
+    std::vector<float2> table(static_cast<size_t>(positions * half));
+    for (int64_t p = 0; p < positions; ++p) {
+      for (int i = 0; i < half; ++i) {
+        const double angle = static_cast<double>(p) * inv_freq[static_cast<size_t>(i)];
+        table[static_cast<size_t>(p * half + i)] =
+            make_float2(static_cast<float>(std::cos(angle)), static_cast<float>(std::sin(angle)));
+      }
+    }
+    PDPOOL_RETURN_IF_NOT_OK(rope_.Allocate(table.size() * sizeof(float2), "RoPE table"));
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpy(rope_.get(), table.data(), table.size() * sizeof(float2),
+                                           cudaMemcpyHostToDevice));
+    return Status::Ok();
+  }
+
+  // Splits of the decode attention for a batch of `seqs` sequences: enough blocks to fill the
+  // GPU about four times over, at least one split per 64 context tokens' worth of work.
+  int DecodeSplits(int seqs) const {
+    const int blocks = seqs * options_.model.num_kv_heads;
+    return std::clamp((4 * num_sms_ + blocks - 1) / blocks, 1, 64);
+  }
+
+  Status AllocateActivations() {
+    const ModelConfig& c = options_.model;
+    const int64_t n = options_.max_batched_tokens, s = options_.max_sequences;
+    const int64_t h = c.hidden_size, q = int64_t{c.num_heads} * c.head_dim,
+                  kv = int64_t{c.num_kv_heads} * c.head_dim, inter = c.intermediate_size;
+    const int64_t rows = std::max(n, s);
+    PDPOOL_RETURN_IF_NOT_OK(x_.Allocate(sizeof(float) * rows * h, "residual stream"));
+    PDPOOL_RETURN_IF_NOT_OK(xn_.Allocate(sizeof(bf16) * rows * h, "normalized activations"));
+    PDPOOL_RETURN_IF_NOT_OK(qkv_.Allocate(sizeof(bf16) * rows * (q + 2 * kv), "QKV"));
+    PDPOOL_RETURN_IF_NOT_OK(q_.Allocate(sizeof(bf16) * rows * q, "rotated queries"));
+    PDPOOL_RETURN_IF_NOT_OK(attn_.Allocate(sizeof(bf16) * rows * q, "attention output"));
+    PDPOOL_RETURN_IF_NOT_OK(delta_.Allocate(sizeof(bf16) * rows * h, "residual deltas"));
+    PDPOOL_RETURN_IF_NOT_OK(gate_up_.Allocate(sizeof(bf16) * rows * 2 * inter, "gate/up"));
+    PDPOOL_RETURN_IF_NOT_OK(act_.Allocate(sizeof(bf16) * rows * inter, "SwiGLU output"));
+    PDPOOL_RETURN_IF_NOT_OK(xs_.Allocate(sizeof(float) * s * h, "sampled rows"));
+    PDPOOL_RETURN_IF_NOT_OK(xsn_.Allocate(sizeof(bf16) * s * h, "sampled rows, normalized"));
+    PDPOOL_RETURN_IF_NOT_OK(logits_.Allocate(sizeof(float) * s * c.vocab_size, "logits"));
+    PDPOOL_RETURN_IF_NOT_OK(
+        sample_weights_.Allocate(sizeof(float) * s * c.vocab_size, "sampling weights"));
+    int64_t partial = 0;
+    for (int seqs = 1; seqs <= options_.max_sequences; ++seqs) {
+      partial = std::max(
+          partial, cuda::DecodePartialFloats(seqs, c.num_heads, DecodeSplits(seqs), c.head_dim));
+    }
+    PDPOOL_RETURN_IF_NOT_OK(partial_.Allocate(sizeof(float) * partial, "decode partials"));
+
+    // Step arrays: capacities, then one pinned mirror and one device copy.
+    const int64_t max_blocks_per_seq =
+        (max_model_len_ + options_.block_size - 1) / options_.block_size;
+    block_table_capacity_ = s * max_blocks_per_seq + 1;
+    tile_capacity_ = n / cuda::kPrefillTileRows + s;
+    size_t at = 0;
+    auto reserve = [&](size_t bytes) {
+      const size_t offset = at;
+      at += AlignUp(bytes);
+      return offset;
+    };
+    arrays_.tokens = reserve(sizeof(int32_t) * rows);
+    arrays_.positions = reserve(sizeof(int32_t) * rows);
+    arrays_.slots = reserve(sizeof(int64_t) * rows);
+    arrays_.meta = reserve(sizeof(cuda::SeqMeta) * s);
+    arrays_.block_tables = reserve(sizeof(int32_t) * block_table_capacity_);
+    arrays_.decode_index = reserve(sizeof(int32_t) * s);
+    arrays_.tiles = reserve(sizeof(int2) * tile_capacity_);
+    arrays_.sample_rows = reserve(sizeof(int32_t) * s);
+    arrays_.sample_params = reserve(sizeof(cuda::SampleRowParams) * s);
+    arrays_.next_tokens = reserve(sizeof(int32_t) * s);
+    arrays_.bytes = at;
+    PDPOOL_RETURN_IF_NOT_OK(staging_.Allocate(arrays_.bytes, "step arrays (host)"));
+    PDPOOL_RETURN_IF_NOT_OK(step_arrays_.Allocate(arrays_.bytes, "step arrays"));
+    return Status::Ok();
+  }
+
+  Status AllocateKvCache() {
+    const ModelConfig& c = options_.model;
+    geometry_ =
+        cuda::MakeKvCacheGeometry(c.num_layers, c.num_kv_heads, c.head_dim, options_.block_size);
+    const int64_t block_bytes = geometry_.block_stride * static_cast<int64_t>(sizeof(bf16));
+    int64_t blocks = options_.num_blocks;
+    if (blocks <= 0) {
+      size_t free_bytes = 0, total_bytes = 0;
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_bytes, &total_bytes));
+      const double keep =
+          (1.0 - options_.gpu_memory_utilization) * static_cast<double>(total_bytes);
+      const double budget = static_cast<double>(free_bytes) - keep;
+      blocks = budget > 0 ? static_cast<int64_t>(budget / static_cast<double>(block_bytes)) - 1 : 0;
+      if (blocks < 1) {
+        return Status::Unavailable(
+            "cuda backend: no GPU memory left for the KV cache after the weights and "
+            "activations (" +
+            std::to_string(free_bytes >> 20) + " MiB free of " + std::to_string(total_bytes >> 20) +
+            " MiB, gpu_memory_utilization " + std::to_string(options_.gpu_memory_utilization) +
+            ")");
+      }
+    }
+    blocks = std::min<int64_t>(blocks, (int64_t{1} << 31) - 2);
+    // One more block than the scheduler sees: padded graph rows write their KV there.
+    PDPOOL_RETURN_IF_NOT_OK(
+        kv_cache_.Allocate(static_cast<size_t>(block_bytes * (blocks + 1)), "KV cache"));
+    scratch_block_ = static_cast<int32_t>(blocks);
+    layout_.block_size = options_.block_size;
+    layout_.num_blocks = static_cast<int>(blocks);
+    layout_.num_layers = c.num_layers;
+    layout_.num_kv_heads = c.num_kv_heads;
+    layout_.head_dim = c.head_dim;
+    layout_.bytes_per_element = 2;
+    region_.base = reinterpret_cast<uintptr_t>(kv_cache_.get());
+    region_.block_bytes = block_bytes;
+    region_.num_blocks = static_cast<int32_t>(blocks);
+    region_.block_size = options_.block_size;
+    return Status::Ok();
+  }
+
+  // ---- a step ----
+
+  template <typename T>
+  T* Host(size_t offset) {
+    return reinterpret_cast<T*>(staging_.get<char>() + offset);
+  }
+  template <typename T>
+  T* Dev(size_t offset) const {
+    return reinterpret_cast<T*>(step_arrays_.get<char>() + offset);
+  }
+
+  // Fills the pinned step arrays; for a decode-only batch that a graph will run, pads it to
+  // `pad_to` sequences on the scratch block.
+  StatusOr<StepPlan> PlanStep(const StepBatch& batch) {
+    const int bs = options_.block_size;
+    StepPlan plan;
+    plan.num_seqs = static_cast<int>(batch.sequences.size());
+    bool decode_only = true;
+    for (const SequenceStep& seq : batch.sequences) {
+      plan.num_tokens += static_cast<int>(seq.tokens.size());
+      decode_only = decode_only && seq.tokens.size() == 1;
+    }
+    if (plan.num_tokens > options_.max_batched_tokens || plan.num_seqs > options_.max_sequences) {
+      return Status::InvalidArgument("cuda backend: a step of " + std::to_string(plan.num_tokens) +
+                                     " tokens in " + std::to_string(plan.num_seqs) +
+                                     " sequences is beyond max_batched_tokens " +
+                                     std::to_string(options_.max_batched_tokens) +
+                                     " / max_sequences " + std::to_string(options_.max_sequences));
+    }
+    int padded = plan.num_seqs;
+    use_graph_ = false;
+    if (decode_only && options_.cuda_graphs) {
+      for (int bucket : kGraphBuckets) {
+        if (bucket >= plan.num_seqs && bucket <= options_.max_sequences &&
+            bucket <= options_.max_batched_tokens) {
+          padded = bucket;
+          use_graph_ = true;
+          break;
+        }
+      }
+    }
+    auto* tokens = Host<int32_t>(arrays_.tokens);
+    auto* positions = Host<int32_t>(arrays_.positions);
+    auto* slots = Host<int64_t>(arrays_.slots);
+    auto* meta = Host<cuda::SeqMeta>(arrays_.meta);
+    auto* tables = Host<int32_t>(arrays_.block_tables);
+    auto* decode = Host<int32_t>(arrays_.decode_index);
+    auto* tiles = Host<int2>(arrays_.tiles);
+    auto* sample_rows = Host<int32_t>(arrays_.sample_rows);
+    auto* params = Host<cuda::SampleRowParams>(arrays_.sample_params);
+    int row = 0, table_at = 0;
+    for (int i = 0; i < plan.num_seqs; ++i) {
+      const SequenceStep& seq = batch.sequences[static_cast<size_t>(i)];
+      const int n = static_cast<int>(seq.tokens.size());
+      const int context = seq.start_position + n;
+      const int needed = (context + bs - 1) / bs;
+      if (table_at + needed > block_table_capacity_ - 1) {
+        return Status::InvalidArgument(
+            "cuda backend: the step's block tables exceed max_sequences × max_model_len (" +
+            std::to_string(max_model_len_) + ")");
+      }
+      std::copy_n(seq.block_table.begin(), needed, tables + table_at);
+      meta[i] = cuda::SeqMeta{row, n, context, table_at};
+      for (int t = 0; t < n; ++t) {
+        const int pos = seq.start_position + t;
+        tokens[row + t] = seq.tokens[static_cast<size_t>(t)];
+        positions[row + t] = pos;
+        slots[row + t] = int64_t{seq.block_table[static_cast<size_t>(pos / bs)]} * bs + pos % bs;
+      }
+      if (n == 1) {
+        decode[plan.num_decode++] = i;
+      } else {
+        for (int t0 = 0; t0 < n; t0 += cuda::kPrefillTileRows) tiles[plan.num_tiles++] = {i, t0};
+      }
+      if (seq.sample) {
+        sample_rows[plan.num_samples] = row + n - 1;
+        params[plan.num_samples] = cuda::SampleRowParams{
+            static_cast<float>(seq.sampling.temperature), static_cast<float>(seq.sampling.top_p),
+            seq.sampling.seed, seq.sample_index, 0};
+        plan.sample_sequence.push_back(i);
+        ++plan.num_samples;
+      }
+      row += n;
+      table_at += needed;
+    }
+    if (use_graph_) {
+      // Padding rows: token 0 at position 0 of the scratch block, sampled greedily, ignored.
+      tables[table_at] = scratch_block_;
+      for (int i = plan.num_seqs; i < padded; ++i) {
+        meta[i] = cuda::SeqMeta{row, 1, 1, table_at};
+        tokens[row] = 0;
+        positions[row] = 0;
+        slots[row] = int64_t{scratch_block_} * bs;
+        decode[plan.num_decode++] = i;
+        sample_rows[plan.num_samples] = row;
+        params[plan.num_samples] = cuda::SampleRowParams{};
+        ++plan.num_samples;
+        ++row;
+      }
+      table_at += 1;
+      plan.num_seqs = padded;
+      plan.num_tokens = padded;
+    }
+    plan.block_table_entries = table_at;
+    plan.num_splits = DecodeSplits(std::max(plan.num_decode, 1));
+    return plan;
+  }
+
+  Status Upload(const StepPlan& plan) {
+    auto copy = [&](size_t offset, size_t bytes) -> Status {
+      if (bytes == 0) return Status::Ok();
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(step_arrays_.get<char>() + offset,
+                                                  staging_.get<char>() + offset, bytes,
+                                                  cudaMemcpyHostToDevice, stream_));
+      return Status::Ok();
+    };
+    const size_t n = static_cast<size_t>(plan.num_tokens), s = static_cast<size_t>(plan.num_seqs);
+    PDPOOL_RETURN_IF_NOT_OK(copy(arrays_.tokens, n * sizeof(int32_t)));
+    PDPOOL_RETURN_IF_NOT_OK(copy(arrays_.positions, n * sizeof(int32_t)));
+    PDPOOL_RETURN_IF_NOT_OK(copy(arrays_.slots, n * sizeof(int64_t)));
+    PDPOOL_RETURN_IF_NOT_OK(copy(arrays_.meta, s * sizeof(cuda::SeqMeta)));
+    PDPOOL_RETURN_IF_NOT_OK(copy(arrays_.block_tables,
+                                 static_cast<size_t>(plan.block_table_entries) * sizeof(int32_t)));
+    PDPOOL_RETURN_IF_NOT_OK(
+        copy(arrays_.decode_index, static_cast<size_t>(plan.num_decode) * sizeof(int32_t)));
+    PDPOOL_RETURN_IF_NOT_OK(
+        copy(arrays_.tiles, static_cast<size_t>(plan.num_tiles) * sizeof(int2)));
+    PDPOOL_RETURN_IF_NOT_OK(
+        copy(arrays_.sample_rows, static_cast<size_t>(plan.num_samples) * sizeof(int32_t)));
+    PDPOOL_RETURN_IF_NOT_OK(copy(arrays_.sample_params, static_cast<size_t>(plan.num_samples) *
+                                                            sizeof(cuda::SampleRowParams)));
+    return Status::Ok();
+  }
+
+  // y[rows, out] = x[rows, in] · Wᵀ with W [out, in] row-major (Hugging Face layout), bf16
+  // inputs, fp32 accumulation; y bf16, or fp32 when y_fp32.
+  Status Gemm(const bf16* x, const bf16* w, void* y, int rows, int out, int in, bool y_fp32) {
+    const float alpha = 1.0f, beta = 0.0f;
+    PDPOOL_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in,
+                                               &alpha, w, CUDA_R_16BF, in, x, CUDA_R_16BF, in,
+                                               &beta, y, y_fp32 ? CUDA_R_32F : CUDA_R_16BF, out,
+                                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return Status::Ok();
+  }
+
+  // Enqueues the whole forward for an uploaded plan on stream_ (also what graphs capture).
+  Status Forward(const StepPlan& plan) {
+    const ModelConfig& c = options_.model;
+    const int n = plan.num_tokens, h = c.hidden_size, nh = c.num_heads;
+    const int q = nh * c.head_dim, kv = c.num_kv_heads * c.head_dim, inter = c.intermediate_size;
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    bf16* xn = xn_.get<bf16>();
+    bf16* delta = delta_.get<bf16>();
+    float* x = x_.get<float>();
+    PDPOOL_RETURN_IF_NOT_OK(
+        cuda::LaunchEmbedding(Dev<int32_t>(arrays_.tokens), embed_, x, n, h, stream_));
+    for (int l = 0; l < c.num_layers; ++l) {
+      const LayerWeightsDevice& w = layers_[static_cast<size_t>(l)];
+      bf16* layer_cache = kv_cache_.get<bf16>() + l * geometry_.layer_stride;
+      PDPOOL_RETURN_IF_NOT_OK(
+          cuda::LaunchAddRmsNorm(x, l == 0 ? nullptr : delta, w.attn_norm, xn, n, h, eps, stream_));
+      PDPOOL_RETURN_IF_NOT_OK(Gemm(xn, w.wqkv, qkv_.get(), n, q + 2 * kv, h, false));
+      PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchRopeAndCacheWrite(
+          qkv_.get<bf16>(), Dev<int32_t>(arrays_.positions), Dev<int64_t>(arrays_.slots),
+          rope_.get<float2>(), q_.get<bf16>(), layer_cache, geometry_, n, nh, stream_));
+      PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchDecodeAttention(
+          q_.get<bf16>(), Dev<cuda::SeqMeta>(arrays_.meta), Dev<int32_t>(arrays_.decode_index),
+          plan.num_decode, Dev<int32_t>(arrays_.block_tables), layer_cache, geometry_, nh,
+          plan.num_splits, partial_.get<float>(), attn_.get<bf16>(), stream_));
+      PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchPrefillAttention(
+          q_.get<bf16>(), Dev<cuda::SeqMeta>(arrays_.meta), Dev<int2>(arrays_.tiles),
+          plan.num_tiles, Dev<int32_t>(arrays_.block_tables), layer_cache, geometry_, nh,
+          attn_.get<bf16>(), stream_));
+      PDPOOL_RETURN_IF_NOT_OK(Gemm(attn_.get<bf16>(), w.wo, delta, n, h, q, false));
+      PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchAddRmsNorm(x, delta, w.mlp_norm, xn, n, h, eps, stream_));
+      PDPOOL_RETURN_IF_NOT_OK(Gemm(xn, w.w_gate_up, gate_up_.get(), n, 2 * inter, h, false));
+      PDPOOL_RETURN_IF_NOT_OK(
+          cuda::LaunchSwiGlu(gate_up_.get<bf16>(), act_.get<bf16>(), n, inter, stream_));
+      PDPOOL_RETURN_IF_NOT_OK(Gemm(act_.get<bf16>(), w.w_down, delta, n, h, inter, false));
+    }
+    if (plan.num_samples == 0) return Status::Ok();
+    const int m = plan.num_samples;
+    PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchGatherResidual(x, delta, Dev<int32_t>(arrays_.sample_rows),
+                                                       xs_.get<float>(), m, h, stream_));
+    PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchAddRmsNorm(xs_.get<float>(), nullptr, final_norm_,
+                                                   xsn_.get<bf16>(), m, h, eps, stream_));
+    PDPOOL_RETURN_IF_NOT_OK(
+        Gemm(xsn_.get<bf16>(), lm_head_, logits_.get(), m, c.vocab_size, h, true));
+    return cuda::LaunchSample(logits_.get<float>(), sample_weights_.get<float>(), m, c.vocab_size,
+                              Dev<cuda::SampleRowParams>(arrays_.sample_params),
+                              Dev<int32_t>(arrays_.next_tokens), stream_);
+  }
+
+  // Captures the forward of a padded decode plan of `plan.num_seqs` sequences.
+  StatusOr<cudaGraphExec_t> CaptureDecodeGraph(const StepPlan& plan) {
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    Status forward = Forward(plan);
+    cudaGraph_t graph = nullptr;
+    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+    if (!forward.ok()) {
+      if (graph != nullptr) cudaGraphDestroy(graph);
+      return forward;
+    }
+    PDPOOL_CUDA_RETURN_IF_ERROR(end);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    PDPOOL_CUDA_RETURN_IF_ERROR(instantiated);
+    return exec;
+  }
+
+  Status RunStep(StepPlan* plan) {
+    PDPOOL_RETURN_IF_NOT_OK(Upload(*plan));
+    if (use_graph_) {
+      auto it = graphs_.find(plan->num_seqs);
+      if (it == graphs_.end()) {
+        auto exec = CaptureDecodeGraph(*plan);
+        if (!exec.ok()) return exec.status();
+        it = graphs_.emplace(plan->num_seqs, *exec).first;
+      }
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
+    } else {
+      PDPOOL_RETURN_IF_NOT_OK(Forward(*plan));
+    }
+    if (plan->num_samples > 0) {
+      PDPOOL_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(staging_.get<char>() + arrays_.next_tokens,
+                          step_arrays_.get<char>() + arrays_.next_tokens,
+                          sizeof(int32_t) * static_cast<size_t>(plan->num_samples),
+                          cudaMemcpyDeviceToHost, stream_));
+    }
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+
+  CudaBackendOptions options_;
+  std::string device_name_;
+  int num_sms_ = 0;
+  int max_model_len_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  DeviceBuffer cublas_workspace_;
+
+  DeviceBuffer weights_;
+  std::vector<LayerWeightsDevice> layers_;
+  bf16* embed_ = nullptr;
+  bf16* final_norm_ = nullptr;
+  bf16* lm_head_ = nullptr;
+  DeviceBuffer rope_;
+
+  DeviceBuffer x_, xn_, qkv_, q_, attn_, delta_, gate_up_, act_, xs_, xsn_, logits_,
+      sample_weights_, partial_;
+  StepArrays arrays_;
+  int64_t block_table_capacity_ = 0;
+  int64_t tile_capacity_ = 0;
+  PinnedBuffer staging_;
+  DeviceBuffer step_arrays_;
+  bool use_graph_ = false;
+  std::map<int, cudaGraphExec_t> graphs_;  // by padded batch size
+
+  cuda::KvCacheGeometry geometry_;
+  DeviceBuffer kv_cache_;
+  int32_t scratch_block_ = 0;
+  KvLayout layout_;
+  DeviceKvRegion region_;
+};
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const CudaBackendOptions& options) {
+  auto backend = std::make_unique<CudaBackend>(options);
+  if (Status s = backend->Init(); !s.ok()) return s;
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace pdpool::agent

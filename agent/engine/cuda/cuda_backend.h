@@ -1,0 +1,38 @@
+// NewCudaBackend: the `cuda` engine backend, a bf16 Llama forward on one NVIDIA GPU (sm_90 and
+// newer): bf16 weights and paged KV cache with fp32 accumulation, cuBLAS GEMMs, pdpool's own
+// kernels for the rest (kernels.h), decode steps replayed from CUDA graphs captured per
+// batch-size bucket. The KV cache is one cudaMalloc sized from gpu_memory_utilization after the
+// weights and activations, block-major (device_kv.h), so GPU transports copy whole blocks.
+// Like every Backend it is used by one engine thread at a time: not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/engine/backend.h"
+#include "agent/model/model_config.h"
+#include "agent/model/weights.h"
+#include "common/status.h"
+
+namespace pdpool::agent {
+
+struct CudaBackendOptions {
+  ModelConfig model;
+  // "dummy:<seed>" generates DummyWeights' exact values on the GPU (rounded to bf16) without a
+  // host copy; anything else is a safetensors path read through LoadWeights.
+  std::string weights = "dummy:0";
+  int device = 0;  // CUDA ordinal (after CUDA_VISIBLE_DEVICES)
+  int block_size = 16;
+  int num_blocks = 0;  // 0: fill gpu_memory_utilization of the card after weights + workspace
+  double gpu_memory_utilization = 0.9;
+  int max_batched_tokens = 8192;  // most tokens one Step runs (sizes the activations)
+  int max_sequences = 256;        // most sequences one Step runs
+  int max_model_len = 0;          // 0: min(max_position_embeddings, 32768)
+  bool cuda_graphs = true;        // decode steps replayed from captured graphs
+};
+
+StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const CudaBackendOptions& options);
+
+}  // namespace pdpool::agent

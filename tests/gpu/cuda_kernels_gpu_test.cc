@@ -1,0 +1,325 @@
+// The cuda backend's attention and sampling kernels against float64 references on the host,
+// on fresh random inputs each run (seed printed; PDPOOL_TEST_SEED replays one): paged decode
+// attention over random block tables and context lengths, split several ways; causal prefill
+// attention with earlier context in the cache; greedy and top-p sampling. Outputs are poisoned
+// with NaN before each launch, so an element left unwritten fails. Label gpu; skips without a GPU.
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "agent/engine/cuda/kernels.h"
+#include "agent/engine/cuda/kv_cache_layout.h"
+#include "agent/engine/sampling.h"
+#include "tests/gpu/gpu_test_support.h"
+
+namespace pdpool::agent::cuda {
+namespace {
+
+using ::pdpool::testing::FreshSeed;
+using ::pdpool::testing::RelativeError;
+using ::pdpool::testing::RoundBf16;
+
+#define ASSERT_CUDA(call) \
+  ASSERT_EQ((call), cudaSuccess) << #call << ": " << cudaGetErrorString(cudaGetLastError())
+
+template <typename T>
+struct Device {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit Device(size_t count) : n(count) {
+    if (cudaMalloc(reinterpret_cast<void**>(&ptr), std::max<size_t>(count, 1) * sizeof(T)) !=
+        cudaSuccess) {
+      ptr = nullptr;
+    }
+  }
+  ~Device() { cudaFree(ptr); }
+  void Upload(const std::vector<T>& host) {
+    cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  std::vector<T> Download() const {
+    std::vector<T> host(n);
+    cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost);
+    return host;
+  }
+  void Poison() { cudaMemset(ptr, 0xFF, n * sizeof(T)); }  // bf16 0xFFFF and fp32 0xFFFFFFFF: NaN
+};
+
+std::vector<float> ToFloat(const std::vector<bf16>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
+  return out;
+}
+
+std::vector<bf16> RandomBf16(size_t n, std::mt19937_64& rng, float scale) {
+  std::uniform_real_distribution<float> u(-scale, scale);
+  std::vector<bf16> v(n);
+  for (auto& x : v) x = __float2bfloat16(u(rng));
+  return v;
+}
+
+// A random paged cache of one layer and sequences over random, distinct blocks.
+struct PagedCase {
+  KvCacheGeometry g;
+  int num_heads = 0;
+  std::vector<bf16> cache;  // one layer's view (block stride of a 1-layer cache)
+  std::vector<SeqMeta> meta;
+  std::vector<int32_t> tables;
+  std::vector<bf16> q;  // [rows, num_heads · head_dim]
+  int rows = 0;
+};
+
+PagedCase MakeCase(std::mt19937_64& rng, int head_dim, int kv_heads, int group,
+                   const std::vector<std::pair<int, int>>& seqs /* (context before, new) */) {
+  PagedCase c;
+  c.num_heads = kv_heads * group;
+  int total_blocks = 0;
+  for (auto [before, fresh] : seqs) total_blocks += (before + fresh + 15) / 16;
+  c.g = MakeKvCacheGeometry(1, kv_heads, head_dim, 16);
+  const int num_blocks = total_blocks + 3;
+  c.cache = RandomBf16(static_cast<size_t>(c.g.block_stride * num_blocks), rng, 1.0f);
+  std::vector<int32_t> free_blocks(static_cast<size_t>(num_blocks));
+  std::iota(free_blocks.begin(), free_blocks.end(), 0);
+  std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+  size_t next = 0;
+  for (auto [before, fresh] : seqs) {
+    const int context = before + fresh;
+    c.meta.push_back(SeqMeta{c.rows, fresh, context, static_cast<int32_t>(c.tables.size())});
+    for (int b = 0; b < (context + 15) / 16; ++b) c.tables.push_back(free_blocks[next++]);
+    c.rows += fresh;
+  }
+  c.q = RandomBf16(static_cast<size_t>(c.rows) * c.num_heads * head_dim, rng, 1.0f);
+  return c;
+}
+
+// float64 causal attention of every new row of every sequence.
+std::vector<float> Reference(const PagedCase& c) {
+  const int hd = c.g.head_dim, group = c.num_heads / c.g.num_kv_heads;
+  std::vector<float> out(static_cast<size_t>(c.rows) * c.num_heads * hd, 0.0f);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  for (const SeqMeta& m : c.meta) {
+    for (int r = 0; r < m.num_new; ++r) {
+      const int pos = m.context_len - m.num_new + r;
+      for (int h = 0; h < c.num_heads; ++h) {
+        const int kvh = h / group;
+        const bf16* q = c.q.data() + (int64_t{m.q_start + r} * c.num_heads + h) * hd;
+        std::vector<double> scores(static_cast<size_t>(pos + 1));
+        double max = -INFINITY;
+        for (int t = 0; t <= pos; ++t) {
+          const int64_t slot =
+              int64_t{c.tables[static_cast<size_t>(m.block_table_offset + t / 16)]} * 16 + t % 16;
+          const bf16* k = c.cache.data() + c.g.Offset(0, kvh, slot);
+          double s = 0;
+          for (int d = 0; d < hd; ++d) s += double{__bfloat162float(q[d])} * __bfloat162float(k[d]);
+          scores[static_cast<size_t>(t)] = s * scale;
+          max = std::max(max, s * scale);
+        }
+        double sum = 0;
+        std::vector<double> acc(static_cast<size_t>(hd), 0.0);
+        for (int t = 0; t <= pos; ++t) {
+          const double p = std::exp(scores[static_cast<size_t>(t)] - max);
+          sum += p;
+          const int64_t slot =
+              int64_t{c.tables[static_cast<size_t>(m.block_table_offset + t / 16)]} * 16 + t % 16;
+          const bf16* v = c.cache.data() + c.g.Offset(1, kvh, slot);
+          for (int d = 0; d < hd; ++d) acc[static_cast<size_t>(d)] += p * __bfloat162float(v[d]);
+        }
+        float* o = out.data() + (int64_t{m.q_start + r} * c.num_heads + h) * hd;
+        for (int d = 0; d < hd; ++d) o[d] = static_cast<float>(acc[static_cast<size_t>(d)] / sum);
+      }
+    }
+  }
+  return out;
+}
+
+class AttentionKernelTest : public ::testing::TestWithParam<std::tuple<int, int>> {
+ protected:
+  void SetUp() override { PDPOOL_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_P(AttentionKernelTest, DecodeMatchesFloat64Reference) {
+  const auto [head_dim, group] = GetParam();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> context(0, 1500);
+  std::vector<std::pair<int, int>> seqs;
+  for (int i = 0; i < 7; ++i) seqs.push_back({context(rng), 1});
+  seqs.push_back({0, 1});  // a one-token context
+  PagedCase c = MakeCase(rng, head_dim, 2, group, seqs);
+  const std::vector<float> ref = Reference(c);
+  for (int splits : {1, 3, 16}) {
+    SCOPED_TRACE("num_splits " + std::to_string(splits));
+    Device<bf16> cache(c.cache.size()), q(c.q.size()), out(c.q.size());
+    Device<SeqMeta> meta(c.meta.size());
+    Device<int32_t> tables(c.tables.size()), index(c.meta.size());
+    Device<float> partial(static_cast<size_t>(
+        DecodePartialFloats(static_cast<int>(c.meta.size()), c.num_heads, splits, head_dim)));
+    cache.Upload(c.cache);
+    q.Upload(c.q);
+    meta.Upload(c.meta);
+    tables.Upload(c.tables);
+    std::vector<int32_t> all(c.meta.size());
+    std::iota(all.begin(), all.end(), 0);
+    index.Upload(all);
+    out.Poison();
+    ASSERT_TRUE(LaunchDecodeAttention(q.ptr, meta.ptr, index.ptr, static_cast<int>(all.size()),
+                                      tables.ptr, cache.ptr, c.g, c.num_heads, splits, partial.ptr,
+                                      out.ptr, nullptr)
+                    .ok());
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const double error = RelativeError(ToFloat(out.Download()), ref);
+    EXPECT_LE(error, 1e-2);
+    RecordProperty("decode_rel_error_splits_" + std::to_string(splits), std::to_string(error));
+  }
+}
+
+TEST_P(AttentionKernelTest, PrefillMatchesFloat64Reference) {
+  const auto [head_dim, group] = GetParam();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  // Tile edges (63, 64, 65 rows), a long prompt, and chunks with earlier context cached.
+  PagedCase c = MakeCase(rng, head_dim, 2, group,
+                         {{0, 63}, {0, 64}, {0, 65}, {0, 333}, {100, 50}, {517, 130}, {31, 2}});
+  const std::vector<float> ref = Reference(c);
+  std::vector<int2> tiles;
+  for (size_t i = 0; i < c.meta.size(); ++i) {
+    for (int t0 = 0; t0 < c.meta[i].num_new; t0 += kPrefillTileRows) {
+      tiles.push_back({static_cast<int>(i), t0});
+    }
+  }
+  Device<bf16> cache(c.cache.size()), q(c.q.size()), out(c.q.size());
+  Device<SeqMeta> meta(c.meta.size());
+  Device<int32_t> tables(c.tables.size());
+  Device<int2> tile_list(tiles.size());
+  cache.Upload(c.cache);
+  q.Upload(c.q);
+  meta.Upload(c.meta);
+  tables.Upload(c.tables);
+  tile_list.Upload(tiles);
+  out.Poison();
+  ASSERT_TRUE(LaunchPrefillAttention(q.ptr, meta.ptr, tile_list.ptr, static_cast<int>(tiles.size()),
+                                     tables.ptr, cache.ptr, c.g, c.num_heads, out.ptr, nullptr)
+                  .ok());
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const double error = RelativeError(ToFloat(out.Download()), ref);
+  EXPECT_LE(error, 1e-2);
+  RecordProperty("prefill_rel_error", std::to_string(error));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernelTest,
+                         ::testing::Combine(::testing::Values(64, 128),
+                                            ::testing::Values(1, 4, 8)));
+
+class SamplingKernelTest : public ::testing::Test {
+ protected:
+  void SetUp() override { PDPOOL_SKIP_WITHOUT_GPU(); }
+
+  std::vector<int32_t> Sample(const std::vector<float>& logits, int vocab,
+                              const std::vector<SampleRowParams>& params) {
+    const int rows = static_cast<int>(params.size());
+    Device<float> l(logits.size()), w(logits.size());
+    Device<SampleRowParams> p(params.size());
+    Device<int32_t> tokens(params.size());
+    l.Upload(logits);
+    p.Upload(params);
+    tokens.Poison();
+    Status s = LaunchSample(l.ptr, w.ptr, rows, vocab, p.ptr, tokens.ptr, nullptr);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    return tokens.Download();
+  }
+};
+
+TEST_F(SamplingKernelTest, GreedyIsTheCpuArgmax) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int vocab = 128256, rows = 6;
+  std::normal_distribution<float> n(0.0f, 3.0f);
+  std::vector<float> logits(static_cast<size_t>(vocab) * rows);
+  for (auto& x : logits) x = n(rng);
+  float* r1 = logits.data() + vocab;  // ties: the lowest id wins
+  r1[500] = r1[90000] = 1e4f;
+  float* r2 = logits.data() + 2 * vocab;  // NaNs are skipped
+  r2[7] = NAN;
+  r2[8] = 1e4f;
+  float* r3 = logits.data() + 3 * vocab;  // all NaN → 0
+  std::fill(r3, r3 + vocab, NAN);
+  std::vector<SampleRowParams> params(static_cast<size_t>(rows));
+  const std::vector<int32_t> got = Sample(logits, vocab, params);
+  for (int r = 0; r < rows; ++r) {
+    std::vector<float> row(logits.begin() + int64_t{r} * vocab,
+                           logits.begin() + int64_t{r + 1} * vocab);
+    EXPECT_EQ(got[static_cast<size_t>(r)], SampleToken(row, SamplingParams{0.0, 1.0, 0}, 0))
+        << "row " << r;
+  }
+}
+
+// Draws many tokens (one row per sample_index) from a small vocabulary and compares the
+// frequencies with the exact nucleus distribution: every kept token's frequency within 5
+// standard deviations, no token outside the nucleus ever drawn, and the same draws twice.
+TEST_F(SamplingKernelTest, TopPDrawsFollowTheNucleusDistribution) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const int vocab = 40, draws = 20000;
+  std::normal_distribution<float> n(0.0f, 1.5f);
+  std::vector<float> row(static_cast<size_t>(vocab));
+  for (auto& x : row) x = n(rng);
+  const double temperature = 0.8, top_p = 0.7;
+  std::vector<float> logits;
+  std::vector<SampleRowParams> params;
+  for (int i = 0; i < draws; ++i) {
+    logits.insert(logits.end(), row.begin(), row.end());
+    params.push_back(
+        SampleRowParams{static_cast<float>(temperature), static_cast<float>(top_p), seed, i, 0});
+  }
+  const std::vector<int32_t> first = Sample(logits, vocab, params);
+  EXPECT_EQ(first, Sample(logits, vocab, params)) << "sampling is not deterministic";
+
+  // The exact nucleus: descending probability, ties by id, until top_p of the mass.
+  std::vector<double> p(static_cast<size_t>(vocab));
+  const double max = *std::max_element(row.begin(), row.end());
+  double total = 0;
+  for (int i = 0; i < vocab; ++i)
+    total += p[static_cast<size_t>(i)] =
+        std::exp((row[static_cast<size_t>(i)] - max) / temperature);
+  std::vector<int> order(static_cast<size_t>(vocab));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return p[static_cast<size_t>(a)] > p[static_cast<size_t>(b)];
+  });
+  std::vector<bool> kept(static_cast<size_t>(vocab), false);
+  double kept_mass = 0;
+  for (int id : order) {
+    kept[static_cast<size_t>(id)] = true;
+    kept_mass += p[static_cast<size_t>(id)];
+    if (kept_mass >= top_p * total) break;
+  }
+  std::vector<int> counts(static_cast<size_t>(vocab), 0);
+  for (int32_t t : first) {
+    ASSERT_GE(t, 0);
+    ASSERT_LT(t, vocab);
+    ++counts[static_cast<size_t>(t)];
+  }
+  for (int i = 0; i < vocab; ++i) {
+    if (!kept[static_cast<size_t>(i)]) {
+      EXPECT_EQ(counts[static_cast<size_t>(i)], 0) << "token " << i << " is outside the nucleus";
+      continue;
+    }
+    const double expect = draws * p[static_cast<size_t>(i)] / kept_mass;
+    const double sd = std::sqrt(expect * (1 - p[static_cast<size_t>(i)] / kept_mass));
+    EXPECT_NEAR(counts[static_cast<size_t>(i)], expect, 5 * sd + 1) << "token " << i;
+  }
+}
+
+}  // namespace
+}  // namespace pdpool::agent::cuda
