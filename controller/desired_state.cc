@@ -164,6 +164,20 @@ std::vector<std::string> WorkerArgs(const PoolSpec& spec, WorkerRole role) {
   return args;
 }
 
+// The worker's environment: its pod identity and address, and where it runs, which its KV
+// transport choice (--kv-transport auto) reads: the node (downward API) and, when the pool is
+// pinned to one NVLink domain (policy Required), that domain (a node label the downward API
+// cannot give a pod).
+Json WorkerEnv(std::string_view domain, TopologyPolicy policy) {
+  Json env = Json::array(
+      {FieldRefEnv("POD_NAME", "metadata.name"), FieldRefEnv("POD_NAMESPACE", "metadata.namespace"),
+       FieldRefEnv("POD_IP", "status.podIP"), FieldRefEnv("PDPOOL_NODE_NAME", "spec.nodeName")});
+  if (policy == TopologyPolicy::kRequired && !domain.empty()) {
+    env.push_back({{"name", "PDPOOL_NVLINK_DOMAIN"}, {"value", std::string(domain)}});
+  }
+  return env;
+}
+
 Json PodInfoVolume() {
   return {{"name", kPodInfoVolume},
           {"downwardAPI",
@@ -221,9 +235,7 @@ StatusOr<Json> WorkerPodTemplate(const PoolIdentity& id, const PoolSpec& spec, W
       {"image", spec.image},
       {"command", Json::array({"pdpool-agent"})},
       {"args", WorkerArgs(spec, role)},
-      {"env", Json::array({FieldRefEnv("POD_NAME", "metadata.name"),
-                           FieldRefEnv("POD_NAMESPACE", "metadata.namespace"),
-                           FieldRefEnv("POD_IP", "status.podIP")})},
+      {"env", WorkerEnv(domain, policy)},
       {"ports",
        Json::array({{{"name", "http"}, {"containerPort", kWorkerPort}, {"protocol", "TCP"}}})},
       {"readinessProbe", HttpProbe("/readyz", 5, 3)},

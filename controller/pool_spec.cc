@@ -431,6 +431,18 @@ std::vector<SpecError> ValidatePoolSpec(const PoolSpec& spec) {
     e.Add("spec.kvTransfer.transport", "transport " + Quote(spec.kv_transport) +
                                            " needs GPU memory; with backend cpu use auto or tcp");
   }
+  if (spec.backend == "cuda") {
+    for (const auto& [base, role] :
+         {std::pair<const char*, const RoleSpec*>{"spec.prefill", &spec.prefill},
+          {"spec.decode", &spec.decode}}) {
+      if (role->gpus_per_replica != 1) {
+        e.Add(std::string(base) + ".gpusPerReplica",
+              "gpusPerReplica (" + std::to_string(role->gpus_per_replica) +
+                  ") must be 1 with backend cuda: the cuda engine runs a model on one GPU "
+                  "(tensor parallelism is modeled by backend sim only)");
+      }
+    }
+  }
   return e.Take();
 }
 

@@ -51,6 +51,12 @@ StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options) {
   }
   if (options.backend == "cuda") {
 #if defined(PDPOOL_HAVE_CUDA)
+    if (options.tensor_parallel != 1) {
+      return Status::InvalidArgument(
+          "--tensor-parallel " + std::to_string(options.tensor_parallel) +
+          ": the cuda backend runs a model on one GPU; tensor parallelism is modeled by the sim "
+          "backend only");
+    }
     CudaBackendOptions cuda;
     cuda.model = std::move(*config);
     cuda.weights = options.weights;

@@ -140,6 +140,15 @@ void Engine::AbortImport(uint64_t reservation) {
   }
 }
 
+StatusOr<std::vector<int32_t>> Engine::ReservationBlocks(uint64_t reservation) const {
+  std::lock_guard lock(mu_);
+  const Reservation* r = scheduler_.FindReservation(reservation);
+  if (r == nullptr) {
+    return Status::NotFound("reservation " + std::to_string(reservation) + " is gone");
+  }
+  return r->blocks;
+}
+
 std::vector<int32_t> Engine::TakeRetainedBlocks(uint64_t id) {
   std::lock_guard lock(mu_);
   return scheduler_.TakeRetainedBlocks(id);

@@ -68,6 +68,8 @@ class Engine {
   Status ImportBlock(uint64_t reservation, int32_t index, int32_t tokens, std::string_view data);
   Status FinishImport(uint64_t reservation);
   void AbortImport(uint64_t reservation);
+  // The reservation's block ids, in order (GPU transports write them device to device).
+  StatusOr<std::vector<int32_t>> ReservationBlocks(uint64_t reservation) const;
 
   // Prefill side: KV of a finished prefill_only sequence.
   std::vector<int32_t> TakeRetainedBlocks(uint64_t id);

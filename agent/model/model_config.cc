@@ -232,41 +232,53 @@ StatusOr<ModelConfig> ModelConfigFromHfConfig(const Json& j) {
     }
     c.tie_word_embeddings = t->get<bool>();
   }
-  if (const Json* rs = JsonChild(j, "rope_scaling"); rs != nullptr) {
+  // transformers 5 writes rope_theta and the scaling together as one rope_parameters object.
+  const Json* rs = JsonChild(j, "rope_scaling");
+  std::string field = "rope_scaling";
+  if (rs == nullptr && (rs = JsonChild(j, "rope_parameters")) != nullptr) {
+    field = "rope_parameters";
+    if (rs->is_object() && JsonChild(*rs, "rope_theta") != nullptr) {
+      if (!(s = ReadDouble(*rs, "rope_theta", "rope_parameters.rope_theta", &c.rope_theta)).ok()) {
+        return s;
+      }
+    }
+  }
+  if (rs != nullptr) {
     if (!rs->is_object()) {
-      return Status::InvalidArgument("config.json: field rope_scaling must be an object, got " +
+      return Status::InvalidArgument("config.json: field " + field + " must be an object, got " +
                                      rs->dump());
     }
     const Json* type = JsonChild(*rs, "rope_type");
     if (type == nullptr) type = JsonChild(*rs, "type");
     if (type == nullptr || !type->is_string()) {
-      return Status::InvalidArgument(
-          "config.json: field rope_scaling.rope_type must be a string (\"llama3\")");
+      return Status::InvalidArgument("config.json: field " + field +
+                                     ".rope_type must be a string (\"llama3\")");
     }
     const std::string t = type->get<std::string>();
     if (t == "llama3") {
       c.rope_scaling.llama3 = true;
-      if (!(s = ReadDouble(*rs, "factor", "rope_scaling.factor", &c.rope_scaling.factor)).ok()) {
+      if (!(s = ReadDouble(*rs, "factor", (field + ".factor").c_str(), &c.rope_scaling.factor))
+               .ok()) {
         return s;
       }
-      if (!(s = ReadDouble(*rs, "low_freq_factor", "rope_scaling.low_freq_factor",
+      if (!(s = ReadDouble(*rs, "low_freq_factor", (field + ".low_freq_factor").c_str(),
                            &c.rope_scaling.low_freq_factor))
                .ok()) {
         return s;
       }
-      if (!(s = ReadDouble(*rs, "high_freq_factor", "rope_scaling.high_freq_factor",
+      if (!(s = ReadDouble(*rs, "high_freq_factor", (field + ".high_freq_factor").c_str(),
                            &c.rope_scaling.high_freq_factor))
                .ok()) {
         return s;
       }
       if (!(s = ReadInt(*rs, "original_max_position_embeddings",
                         &c.rope_scaling.original_max_position_embeddings, false,
-                        "rope_scaling.original_max_position_embeddings"))
+                        (field + ".original_max_position_embeddings").c_str()))
                .ok()) {
         return s;
       }
     } else if (t != "default") {
-      return Status::InvalidArgument("config.json: rope_scaling.rope_type \"" + t +
+      return Status::InvalidArgument("config.json: " + field + ".rope_type \"" + t +
                                      "\" is not supported (supported: llama3, default)");
     }
   }

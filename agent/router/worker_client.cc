@@ -252,6 +252,9 @@ StatusOr<KvReservation> WorkerClient::Reserve(std::string_view request_id, int p
   }
   r.block_size = JsonGet<int>(*body, "/block_size", 0);
   r.kv_address = JsonStringAt(*body, {"kv_address"});
+  if (const Json* t = JsonChild(*body, "transports"); t != nullptr && t->is_object()) {
+    r.transports = *t;
+  }
   return r;
 }
 
@@ -266,14 +269,16 @@ StatusOr<PrefillReply> WorkerClient::Prefill(std::string_view request_id,
                                              const std::vector<int32_t>& prompt_token_ids,
                                              const RequestSampling& sampling,
                                              const KvReservation& destination) {
+  // No "transport": the prefill worker picks one by its pool's setting from what the decode
+  // worker offers.
+  Json dest = {{"kv_address", destination.kv_address},
+               {"reservation_id", destination.reservation_id},
+               {"blocks", destination.blocks}};
+  if (destination.transports.is_object()) dest["transports"] = destination.transports;
   Json req = {{"request_id", request_id},
               {"prompt_token_ids", prompt_token_ids},
               {"sampling", SamplingJson(sampling)},
-              {"destination",
-               {{"transport", "tcp"},
-                {"kv_address", destination.kv_address},
-                {"reservation_id", destination.reservation_id},
-                {"blocks", destination.blocks}}}};
+              {"destination", std::move(dest)}};
   auto body = Exchange(impl_.get(), options_, &connections_opened_, address_, "POST",
                        protocol::kPrefillPath, DumpJson(req), options_.request_timeout);
   if (!body.ok()) return body.status();

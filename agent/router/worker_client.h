@@ -46,6 +46,9 @@ struct KvReservation {
   std::vector<int64_t> blocks;
   int block_size = 0;
   std::string kv_address;
+  // The KV transports the decode worker can receive over ("transports" of the reply), passed
+  // to the prefill worker unchanged: it picks one by the pool's setting.
+  Json transports;
 };
 
 struct PrefillReply {

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "agent/transport/crc32c.h"
+#include "agent/transport/socket_io.h"
 #include "common/log.h"
 
 namespace pdpool::agent {
@@ -24,135 +25,15 @@ constexpr uint16_t kVersion = 1;
 constexpr uint32_t kMaxPayload = 256u << 20;
 constexpr uint32_t kMaxBlocks = 1u << 20;
 
-using SteadyTime = std::chrono::steady_clock::time_point;
-
-// Waits for fd to become readable/writable before the earlier of the idle timeout and the
-// transfer deadline.
-Status WaitFd(int fd, short events, std::chrono::milliseconds idle, SteadyTime deadline) {
-  const auto now = std::chrono::steady_clock::now();
-  if (now >= deadline) return Status::DeadlineExceeded("KV transfer deadline passed");
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-  const auto wait = std::min(idle, left + std::chrono::milliseconds(1));
-  pollfd p{fd, events, 0};
-  int r;
-  do {
-    r = ::poll(&p, 1, static_cast<int>(wait.count()));
-  } while (r < 0 && errno == EINTR);
-  if (r == 0)
-    return Status::DeadlineExceeded("KV transfer timed out after " + std::to_string(wait.count()) +
-                                    " ms idle");
-  if (r < 0) return Status::Unavailable(std::string("poll: ") + std::strerror(errno));
-  return Status::Ok();
-}
-
-Status WriteAll(int fd, const char* data, size_t n, std::chrono::milliseconds idle,
-                SteadyTime deadline) {
-  while (n > 0) {
-    Status s = WaitFd(fd, POLLOUT, idle, deadline);
-    if (!s.ok()) return s;
-    ssize_t w = ::send(fd, data, n, MSG_NOSIGNAL);
-    if (w < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return Status::Unavailable(std::string("send: ") + std::strerror(errno));
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-  return Status::Ok();
-}
-
-Status ReadAll(int fd, char* data, size_t n, std::chrono::milliseconds idle, SteadyTime deadline) {
-  while (n > 0) {
-    Status s = WaitFd(fd, POLLIN, idle, deadline);
-    if (!s.ok()) return s;
-    ssize_t r = ::recv(fd, data, n, 0);
-    if (r == 0) return Status::Unavailable("connection closed by the peer mid-transfer");
-    if (r < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return Status::Unavailable(std::string("recv: ") + std::strerror(errno));
-    }
-    data += r;
-    n -= static_cast<size_t>(r);
-  }
-  return Status::Ok();
-}
-
-template <typename T>
-void Put(std::string& out, T v) {
-  char bytes[sizeof(T)];
-  for (size_t i = 0; i < sizeof(T); ++i) bytes[i] = static_cast<char>((v >> (8 * i)) & 0xFF);
-  out.append(bytes, sizeof(T));
-}
-
-template <typename T>
-T Get(const char* p) {
-  T v = 0;
-  for (size_t i = 0; i < sizeof(T); ++i)
-    v |= static_cast<T>(static_cast<unsigned char>(p[i])) << (8 * i);
-  return v;
-}
-
-void SetSocketOptions(int fd) {
-  int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-}
-
-bool ConstantTimeEquals(std::string_view a, std::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i % (b.empty() ? 1 : b.size())];
-  return diff == 0 && !b.empty();
-}
-
-StatusOr<int> Connect(const std::string& address, std::chrono::milliseconds timeout) {
-  const auto colon = address.rfind(':');
-  if (colon == std::string::npos) {
-    return Status::InvalidArgument("KV address \"" + address + "\" is not host:port");
-  }
-  std::string host = address.substr(0, colon);
-  const std::string port = address.substr(colon + 1);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0) {
-    return Status::Unavailable("resolve " + address + ": " + ::gai_strerror(rc));
-  }
-  Status last = Status::Unavailable("no address for " + address);
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    int fd = ::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
-    if (fd < 0) continue;
-    SetSocketOptions(fd);
-    int rc = ::connect(fd, ai->ai_addr, ai->ai_addrlen);
-    if (rc < 0 && errno != EINPROGRESS) {
-      last = Status::Unavailable("connect " + address + ": " + std::strerror(errno));
-      ::close(fd);
-      continue;
-    }
-    Status s = WaitFd(fd, POLLOUT, timeout, std::chrono::steady_clock::now() + timeout);
-    int err = 0;
-    socklen_t len = sizeof(err);
-    if (s.ok()) ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (s.ok() && err == 0) {
-      ::freeaddrinfo(res);
-      return fd;
-    }
-    last = s.ok() ? Status::Unavailable("connect " + address + ": " + std::strerror(err)) : s;
-    ::close(fd);
-  }
-  ::freeaddrinfo(res);
-  return last;
-}
+using net::ConstantTimeEquals;
+using net::Get;
+using net::Put;
+using net::ReadAll;
+using net::SteadyTime;
+using net::WriteAll;
 
 Status SendReply(int fd, const Status& status, std::chrono::milliseconds idle) {
-  std::string reply;
-  Put<uint8_t>(reply, status.ok() ? 0 : 1);
-  std::string message = status.ok() ? "" : status.ToString().substr(0, 1000);
-  Put<uint16_t>(reply, static_cast<uint16_t>(message.size()));
-  reply += message;
-  return WriteAll(fd, reply.data(), reply.size(), idle, std::chrono::steady_clock::now() + idle);
+  return net::SendStatusReply(fd, status, idle);
 }
 
 }  // namespace
@@ -198,7 +79,7 @@ StatusOr<KvTransferStats> TcpKvSender::Send(const KvDestination& destination, in
     int fd = attempt == 0 ? TakeIdle(destination.address) : -1;
     const bool reused = fd >= 0;
     if (!reused) {
-      auto fd_or = Connect(destination.address, options_.io_timeout);
+      auto fd_or = net::Connect(destination.address, options_.io_timeout);
       if (!fd_or.ok()) return fd_or.status();
       fd = *fd_or;
       ++connections_opened_;
@@ -342,7 +223,7 @@ void TcpKvReceiver::AcceptLoop() {
     if (r <= 0 || stopping_) continue;
     int fd = ::accept(listen_fd_, nullptr, nullptr);
     if (fd < 0) continue;
-    SetSocketOptions(fd);
+    net::SetSocketOptions(fd);
     std::lock_guard lock(mu_);
     Connection& c = connections_.emplace_back();
     c.fd = fd;
@@ -354,7 +235,29 @@ void TcpKvReceiver::AcceptLoop() {
   }
 }
 
+void TcpKvReceiver::AddProtocol(const std::string& magic, ConnectionHandler handler) {
+  protocols_[magic] = std::move(handler);
+}
+
 void TcpKvReceiver::Serve(int fd) {
+  // The first four bytes say which protocol the connection speaks: the tcp data stream, or a
+  // GPU transport's control channel (AddProtocol), which then owns the connection.
+  char magic[4];
+  if (!ReadAll(fd, magic, 4, options_.io_timeout,
+               std::chrono::steady_clock::now() + options_.io_timeout)
+           .ok()) {
+    return;
+  }
+  if (std::memcmp(magic, kMagic, 4) != 0) {
+    auto it = protocols_.find(std::string(magic, 4));
+    if (it != protocols_.end()) {
+      it->second(fd);
+    } else {
+      (void)SendReply(fd, Status::InvalidArgument("not a pdpool KV transfer (bad magic)"),
+                      options_.io_timeout);
+    }
+    return;
+  }
   // Senders keep connections open between transfers; one transfer after another until the
   // sender closes, an idle connection times out, or a transfer fails.
   bool first = true;
@@ -363,11 +266,19 @@ void TcpKvReceiver::Serve(int fd) {
 
 bool TcpKvReceiver::ServeOne(int fd, bool first) {
   const auto idle = options_.io_timeout;
-  // Between transfers, wait as long as a pooled connection may stay idle.
-  const auto hello_wait = first ? idle : options_.keepalive_idle;
   char head[8];
-  if (!ReadAll(fd, head, 8, hello_wait, std::chrono::steady_clock::now() + hello_wait).ok()) {
-    return false;  // closed or idle: nothing to undo
+  if (first) {
+    // Serve read the magic already.
+    std::memcpy(head, kMagic, 4);
+    if (!ReadAll(fd, head + 4, 4, idle, std::chrono::steady_clock::now() + idle).ok()) {
+      return false;
+    }
+  } else {
+    // Between transfers, wait as long as a pooled connection may stay idle.
+    const auto hello_wait = options_.keepalive_idle;
+    if (!ReadAll(fd, head, 8, hello_wait, std::chrono::steady_clock::now() + hello_wait).ok()) {
+      return false;  // closed or idle: nothing to undo
+    }
   }
   const SteadyTime deadline = std::chrono::steady_clock::now() + options_.transfer_timeout;
   if (std::memcmp(head, kMagic, 4) != 0 || Get<uint16_t>(head + 4) != kVersion) {

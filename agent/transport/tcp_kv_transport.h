@@ -4,6 +4,8 @@
 //   hello:  "PDKV" u16 version=1 u16 token_len token u64 reservation u32 num_tokens u32 num_blocks
 //   block:  u32 index u32 tokens u32 payload_len u32 crc32c(payload) payload     (num_blocks ×)
 //   reply:  u8 status (0 ok) u16 message_len message         (after the last block, or on error)
+// Connections that start with another magic go to the protocol registered for it (AddProtocol:
+// the control channels of the cuda-ipc and nccl transports).
 // A connection carries one transfer after another: senders keep a few idle connections per
 // receiver (no connect + accept + thread per request), receivers close them after
 // keepalive_idle without a transfer.
@@ -12,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -62,6 +65,12 @@ class TcpKvReceiver {
   TcpKvReceiver(TcpKvOptions options, KvSink* sink);
   ~TcpKvReceiver();
 
+  // Serves connections whose first four bytes are `magic` with `handler` (the control channel of
+  // a GPU transport shares the tcp transport's port): it owns the connection, which is closed
+  // when it returns; Stop() shuts the connection down under it. Call before Start.
+  using ConnectionHandler = std::function<void(int fd)>;
+  void AddProtocol(const std::string& magic, ConnectionHandler handler);
+
   // Listens on host:port (0: any free port, see port()).
   Status Start(const std::string& host, int port);
   void Stop();
@@ -75,6 +84,7 @@ class TcpKvReceiver {
 
   TcpKvOptions options_;
   KvSink* sink_;
+  std::unordered_map<std::string, ConnectionHandler> protocols_;
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stopping_{false};

@@ -11,6 +11,11 @@
 #include "common/secret_file.h"
 #include "common/signals.h"
 
+#if PDPOOL_HAVE_CUDA
+#include "agent/engine/cuda/cuda_ipc.h"
+#include "agent/engine/cuda/nccl_communicator.h"
+#endif
+
 namespace pdpool::agent {
 
 namespace {
@@ -59,7 +64,9 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
   c->add_option("--role", role_, "prefill, decode or both")
       ->check(CLI::IsMember({"prefill", "decode", "both"}))
       ->capture_default_str();
-  c->add_option("--backend", backend_.backend, "cpu, sim (cuda: the CUDA engine)")
+  c->add_option("--backend", backend_.backend,
+                "cpu (float32 reference), sim (calibrated model) or cuda (one NVIDIA GPU; "
+                "builds with nvcc only)")
       ->check(CLI::IsMember({"cpu", "sim", "cuda"}))
       ->capture_default_str();
   c->add_option("--model,--model-preset", backend_.model,
@@ -83,7 +90,7 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
   c->add_option("--calibration-file", backend_.calibration_file,
                 "sim: efficiency factors (default: built in)");
   c->add_option("--gpu-memory-utilization", backend_.gpu_memory_utilization,
-                "sim: fraction of GPU memory for weights + KV")
+                "sim, cuda: fraction of GPU memory for weights + KV")
       ->capture_default_str();
   c->add_option("--block-size", backend_.block_size, "KV block size in tokens")
       ->capture_default_str();
@@ -110,7 +117,10 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--advertise-host", server_.advertise_host,
                 "address peers use to reach this worker (default: $POD_IP, else 127.0.0.1)");
-  c->add_option("--kv-transport", kv_transport_, "auto or tcp (cuda-ipc, nccl: CUDA engine)")
+  c->add_option("--kv-transport", kv_transport_,
+                "how prefill pushes KV to decode: auto (cuda-ipc on one GPU, nccl within a node "
+                "or NVLink domain, else tcp), tcp, cuda-ipc, nccl (GPU transports: builds with "
+                "CUDA, cuda backend; $PDPOOL_NODE_NAME and $PDPOOL_NVLINK_DOMAIN place the worker)")
       ->check(CLI::IsMember({"auto", "tcp", "cuda-ipc", "nccl"}))
       ->capture_default_str();
   c->add_option("--auth-token-file", auth_token_file_, "the pool's shared token (required)");
@@ -146,11 +156,25 @@ int WorkerCommand::Run() {
     LogError("invalid flags", {{"error", token.status().message()}});
     return 2;
   }
+#if PDPOOL_HAVE_CUDA
+  // Both GPU transports are offered whatever --kv-transport says: this worker may receive from
+  // a prefill worker whose pool setting picks them. They touch the GPU only when used.
+  server_.cuda_ipc = NewCudaIpc();
+  server_.nccl = NewNcclCommunicatorFactory();
+#else
   if (kv_transport_ == "cuda-ipc" || kv_transport_ == "nccl") {
     LogError("invalid flags", {{"error", "--kv-transport " + kv_transport_ +
                                              " needs the cuda backend, not built into this binary; "
                                              "use tcp or auto"}});
     return 2;
+  }
+#endif
+  server_.kv_transport = kv_transport_;
+  if (const char* node = std::getenv("PDPOOL_NODE_NAME"); node != nullptr) {
+    server_.node_name = node;
+  }
+  if (const char* domain = std::getenv("PDPOOL_NVLINK_DOMAIN"); domain != nullptr) {
+    server_.nvlink_domain = domain;
   }
   if (!model_path_.empty()) backend_.weights = model_path_;
   if (dummy_seed_ >= 0) backend_.weights = "dummy:" + std::to_string(dummy_seed_);
@@ -196,6 +220,10 @@ int WorkerCommand::Run() {
     watcher->Start(label_seen);
   }
 
+  // The cuda backend sizes its activations for the largest step the scheduler may form.
+  backend_.max_batched_tokens = scheduler_.max_batched_tokens;
+  backend_.max_sequences = scheduler_.max_running;
+  backend_.max_model_len = scheduler_.max_model_len;
   auto backend = NewBackend(backend_);
   if (!backend.ok()) {
     LogError("cannot load the model", {{"backend", backend_.backend},

@@ -6,6 +6,8 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <optional>
+
 namespace pdpool::agent {
 namespace {
 
@@ -68,6 +70,14 @@ WorkerMetrics::WorkerMetrics(const std::string& role)
                       .Name("pdpool_worker_kv_transfer_failures_total")
                       .Help("KV handoffs that broke (peer gone, timeout, checksum).")
                       .Register(*registry_);
+  // NVML's view of the GPUs the worker sees (GpuMonitor): absent where NVML is.
+  gpu_utilization_ = gauge("pdpool_worker_gpu_utilization_ratio",
+                           "Share of NVML's last sample period (1/6 s to 1 s) in which a kernel "
+                           "ran on the GPU, per GPU the worker sees.");
+  gpu_memory_used_ = gauge("pdpool_worker_gpu_memory_used_bytes",
+                           "GPU memory in use (by every process on the GPU), per GPU.");
+  gpu_memory_total_ = gauge("pdpool_worker_gpu_memory_total_bytes", "GPU memory, per GPU.");
+  gpu_power_ = gauge("pdpool_worker_gpu_power_watts", "GPU power draw, per GPU.");
   std::lock_guard lock(mu_);
   AddRoleLocked(role);
 }
@@ -121,6 +131,7 @@ void WorkerMetrics::SetRole(const std::string& role) {
   std::lock_guard lock(mu_);
   if (role == role_) return;
   RemoveGaugesLocked(current_);
+  RemoveGpuSeriesLocked();
   AddRoleLocked(role);
 }
 
@@ -175,6 +186,57 @@ void WorkerMetrics::SetEngineStats(const EngineStats& stats, bool ready) {
     s.preemptions->Increment(static_cast<double>(stats.preemptions - preemptions_seen_));
     preemptions_seen_ = stats.preemptions;
   }
+}
+
+namespace {
+
+// Sets *gauge to `value`, adding it to `family` first; removes it when there is no value.
+void SetOrRemove(prometheus::Family<prometheus::Gauge>* family, prometheus::Gauge** gauge,
+                 const prometheus::Labels& labels, std::optional<double> value) {
+  if (value) {
+    if (*gauge == nullptr) *gauge = &family->Add(labels);
+    (*gauge)->Set(*value);
+  } else if (*gauge != nullptr) {
+    family->Remove(*gauge);
+    *gauge = nullptr;
+  }
+}
+
+std::optional<double> AsDouble(std::optional<uint64_t> v) {
+  if (!v) return std::nullopt;
+  return static_cast<double>(*v);
+}
+
+}  // namespace
+
+void WorkerMetrics::SetGpuReadings(const std::vector<GpuReading>& readings) {
+  std::lock_guard lock(mu_);  // concurrent scrapes, role switches
+  std::map<std::string, GpuSeries> now;
+  for (const GpuReading& r : readings) {
+    GpuSeries s;
+    if (auto it = gpu_series_.find(r.uuid); it != gpu_series_.end()) {
+      s = it->second;
+      gpu_series_.erase(it);
+    }
+    const prometheus::Labels labels{{"role", role_}, {"gpu", r.uuid}};
+    SetOrRemove(gpu_utilization_, &s.utilization, labels, r.utilization);
+    SetOrRemove(gpu_memory_used_, &s.memory_used, labels, AsDouble(r.memory_used_bytes));
+    SetOrRemove(gpu_memory_total_, &s.memory_total, labels, AsDouble(r.memory_total_bytes));
+    SetOrRemove(gpu_power_, &s.power, labels, r.power_watts);
+    now[r.uuid] = s;
+  }
+  RemoveGpuSeriesLocked();  // the GPUs this sample does not name
+  gpu_series_ = std::move(now);
+}
+
+void WorkerMetrics::RemoveGpuSeriesLocked() {
+  for (auto& [uuid, s] : gpu_series_) {
+    SetOrRemove(gpu_utilization_, &s.utilization, {}, std::nullopt);
+    SetOrRemove(gpu_memory_used_, &s.memory_used, {}, std::nullopt);
+    SetOrRemove(gpu_memory_total_, &s.memory_total, {}, std::nullopt);
+    SetOrRemove(gpu_power_, &s.power, {}, std::nullopt);
+  }
+  gpu_series_.clear();
 }
 
 }  // namespace pdpool::agent

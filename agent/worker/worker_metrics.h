@@ -12,8 +12,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "agent/engine/engine.h"
+#include "agent/worker/gpu_monitor.h"
 
 namespace prometheus {
 class Registry;
@@ -44,6 +46,9 @@ class WorkerMetrics {
   void ObserveKvTransfer(const std::string& direction, int64_t bytes, double seconds, bool ok);
   // Gauges sampled from the engine at scrape time.
   void SetEngineStats(const EngineStats& stats, bool ready);
+  // GPU gauges sampled at scrape time: one set per reading (label `gpu`: its UUID); a field a
+  // reading lacks, and a GPU no reading names, has no series.
+  void SetGpuReadings(const std::vector<GpuReading>& readings);
 
  private:
   // The series of one role that are not looked up by extra labels on each use.
@@ -64,6 +69,15 @@ class WorkerMetrics {
   void AddRoleLocked(const std::string& role);
   // Removes the gauges and the capacity of `series`; mu_ held.
   void RemoveGaugesLocked(RoleSeries* series);
+  // The GPU gauges of one GPU, labelled with role_.
+  struct GpuSeries {
+    prometheus::Gauge* utilization = nullptr;
+    prometheus::Gauge* memory_used = nullptr;
+    prometheus::Gauge* memory_total = nullptr;
+    prometheus::Gauge* power = nullptr;
+  };
+  // Removes every GPU gauge; mu_ held.
+  void RemoveGpuSeriesLocked();
 
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Gauge>* running_;
@@ -82,12 +96,17 @@ class WorkerMetrics {
   prometheus::Family<prometheus::Counter>* kv_bytes_;
   prometheus::Family<prometheus::Histogram>* kv_seconds_;
   prometheus::Family<prometheus::Counter>* kv_failures_;
+  prometheus::Family<prometheus::Gauge>* gpu_utilization_;
+  prometheus::Family<prometheus::Gauge>* gpu_memory_used_;
+  prometheus::Family<prometheus::Gauge>* gpu_memory_total_;
+  prometheus::Family<prometheus::Gauge>* gpu_power_;
 
   mutable std::mutex mu_;
   std::string role_;
-  std::map<std::string, RoleSeries> series_;  // every role this worker has had
-  RoleSeries* current_ = nullptr;             // series_[role_]
-  int64_t kv_blocks_ = -1;                    // capacity, once an engine reported it
+  std::map<std::string, RoleSeries> series_;     // every role this worker has had
+  RoleSeries* current_ = nullptr;                // series_[role_]
+  std::map<std::string, GpuSeries> gpu_series_;  // by GPU UUID, role role_
+  int64_t kv_blocks_ = -1;                       // capacity, once an engine reported it
   int64_t preemptions_seen_ = 0;
 };
 

@@ -7,17 +7,37 @@
 //   1. POST kReservePath to a decode worker
 //        {"request_id": "cmpl-1", "prompt_tokens": 37, "max_tokens": 16}
 //      → 200 {"reservation_id": 7, "blocks": [3, 4, 9], "block_size": 16,
-//             "kv_address": "127.0.0.1:40123", "expires_ms": 30000}
+//             "kv_address": "127.0.0.1:40123", "expires_ms": 30000,
+//             "transports": {"tcp": {},
+//                            "cuda-ipc": {"ipc_handle": "<128 hex digits>",
+//                                         "device_uuid": "GPU-…", "block_bytes": 2097152,
+//                                         "num_blocks": 4096},
+//                            "nccl": {"device_uuid": "GPU-…", "node": "gb200-n07",
+//                                     "nvlink_domain": "<clique>", "block_bytes": 2097152,
+//                                     "num_blocks": 4096}}}
+//        "transports" lists what the decode worker can receive over: always tcp; cuda-ipc and
+//        nccl when its KV cache is in GPU memory (cuda backend, a build with CUDA). ipc_handle
+//        is the cudaIpcMemHandle_t of its KV region; node and nvlink_domain come from
+//        $PDPOOL_NODE_NAME and $PDPOOL_NVLINK_DOMAIN ("" when unknown). kv_address is also the
+//        control channel of cuda-ipc and nccl (agent/transport/*_kv_transport.h).
 //      → 503 {"error": ...} when it has no free KV blocks or is draining (router tries another).
 //   2. POST kPrefillPath to a prefill worker
 //        {"request_id": "cmpl-1", "prompt_token_ids": [...],
 //         "sampling": {"temperature": 0.7, "top_p": 0.9, "seed": 1},
-//         "destination": {"transport": "tcp", "kv_address": "127.0.0.1:40123",
-//                         "reservation_id": 7, "blocks": [3, 4, 9]}}
-//      The prefill worker computes the prompt's KV, samples the first token, pushes the KV into
-//      the destination blocks through the transport, then answers
+//         "destination": {"kv_address": "127.0.0.1:40123", "reservation_id": 7,
+//                         "blocks": [3, 4, 9], "transports": {...the reserve reply's...}}}
+//      The router passes the reservation through unchanged. The prefill worker picks the
+//      transport (agent/transport/kv_transport_select.h) from its pool's setting
+//      (--kv-transport; "transport": "auto"|"tcp"|"cuda-ipc"|"nccl" in the destination
+//      overrides it) and both KV caches, computes the prompt's KV, samples the first token,
+//      pushes the KV into the destination blocks through the transport, then answers
 //      → 200 {"first_token": 1234, "prompt_tokens": 37, "kv_bytes": 4096,
-//             "kv_transfer_seconds": 0.0012}
+//             "kv_transport": "nccl", "kv_transfer_seconds": 0.0012}
+//        kv_bytes: bytes moved (GPU transports copy whole blocks; sim: the modeled bytes).
+//      → 500 before any compute when the pool's transport is cuda-ipc or nccl and this pair
+//        cannot use it (another GPU for cuda-ipc, the same GPU or another NVLink domain for
+//        nccl): the error names both GPUs or domains. No silent fallback to tcp; with auto,
+//        or a KV cache in host memory (cpu, sim), there is always a transport.
 //      → 5xx on failure (the decode side frees the reservation when a transfer breaks; the
 //        router releases it too, reserves again and retries on another prefill worker).
 //   3. POST kDecodePath to the same decode worker
@@ -40,7 +60,8 @@
 //                    "kv_address": "127.0.0.1:40123"}
 //     plus "role_switching_to": null | "prefill" | "decode" (a role switch is draining),
 //     "role_switches": 0 (switches since start), "weights_loaded_at": "<RFC 3339>" (when the
-//     engine got its weights: a role switch leaves it unchanged), "pid": 1234.
+//     engine got its weights: a role switch leaves it unchanged), "pid": 1234,
+//     "kv_transport": "auto" (the pool's setting), "kv_transports": {...} (as in reserve).
 // Role switch in place (the planner moves a ready worker between prefill and decode; the
 // controller relabels the pod and calls this, or the worker sees the label change in its
 // --labels-file). Weights, engine and KV cache stay; only the role changes:

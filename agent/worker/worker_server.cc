@@ -11,6 +11,9 @@
 #include <unordered_map>
 
 #include "agent/engine/event_queue.h"
+#include "agent/transport/cuda_ipc_kv_transport.h"
+#include "agent/transport/kv_transport_select.h"
+#include "agent/transport/nccl_kv_transport.h"
 #include "agent/transport/tcp_kv_transport.h"
 #include "agent/worker/worker_protocol.h"
 #include "common/admin_server.h"
@@ -149,6 +152,7 @@ struct WorkerServer::Impl : public KvSink {
   WorkerServerOptions options;
   const pdpool::Clock* clock;
   WorkerMetrics metrics;
+  GpuMonitor gpu_monitor;  // NVML, loaded at the first scrape
   httplib::Server server;
   std::thread server_thread;
   int port = 0;
@@ -172,7 +176,15 @@ struct WorkerServer::Impl : public KvSink {
 
   std::unique_ptr<TcpKvSender> sender;
   std::atomic<int> sends_in_progress{0};
+  // GPU transports (when options.cuda_ipc / options.nccl are set). Their receivers serve
+  // connections of the tcp receiver's port, so they are declared before it (destroyed after).
+  std::unique_ptr<CudaIpcKvSender> ipc_sender;
+  std::unique_ptr<CudaIpcKvReceiver> ipc_receiver;
+  std::unique_ptr<NcclKvSender> nccl_sender;
+  std::unique_ptr<NcclKvReceiver> nccl_receiver;
   std::unique_ptr<TcpKvReceiver> receiver;
+  // This worker's KV cache as transports see it; set with the engine (under mu).
+  KvEndpoint kv_endpoint;
   std::mutex transfers_mu;
   struct Transfer {
     Clock::time_point started;
@@ -190,6 +202,36 @@ struct WorkerServer::Impl : public KvSink {
   std::shared_ptr<Engine> GetEngine() const {
     std::lock_guard lock(mu);
     return engine;
+  }
+
+  KvEndpoint GetKvEndpoint() const {
+    std::lock_guard lock(mu);
+    return kv_endpoint;
+  }
+
+  // What the GPU transports need to know of this worker's KV cache; exports the cuda-ipc
+  // handle once.
+  KvEndpoint DescribeKv(const Engine& e) const {
+    KvEndpoint ep;
+    ep.node = options.node_name;
+    ep.nvlink_domain = options.nvlink_domain;
+    const DeviceKvRegion* region = e.backend().device_kv();
+    if (region == nullptr) return ep;
+    ep.device_uuid = region->device_uuid;
+    ep.block_bytes = region->block_bytes;
+    ep.num_blocks = region->num_blocks;
+    ep.nccl = options.nccl != nullptr && options.nccl->Available();
+    if (options.cuda_ipc) {
+      auto handle = options.cuda_ipc->Export(*region);
+      if (handle.ok()) {
+        ep.cuda_ipc = true;
+        ep.ipc_handle = *handle;
+      } else {
+        LogWarn("cuda-ipc unavailable: cannot export the KV cache",
+                {{"error", handle.status().ToString()}});
+      }
+    }
+    return ep;
   }
 
   // RAII count of requests in flight, for Drain.
@@ -335,6 +377,19 @@ struct WorkerServer::Impl : public KvSink {
     if (auto e = GetEngine()) e->AbortImport(reservation);
     LogWarn("KV receive failed", {{"reservation", reservation}, {"error", why.ToString()}});
   }
+  const DeviceKvRegion* DeviceRegion() override {
+    auto e = GetEngine();
+    return e ? e->backend().device_kv() : nullptr;
+  }
+  StatusOr<std::vector<int32_t>> ReservedBlocks(uint64_t reservation) override {
+    auto e = GetEngine();
+    if (!e) return Status::Unavailable("worker is not ready");
+    return e->ReservationBlocks(reservation);
+  }
+  void CountBytes(uint64_t reservation, int64_t bytes) override {
+    std::lock_guard lock(transfers_mu);
+    transfers[reservation].bytes += bytes;
+  }
 
   // ---- handlers ----
   void HandleInfo(const httplib::Request& req, httplib::Response& res) {
@@ -358,6 +413,8 @@ struct WorkerServer::Impl : public KvSink {
       info["kv_receives_in_progress"] = transfers.size();
     }
     info["kv_sends_in_progress"] = sends_in_progress.load();
+    info["kv_transport"] = options.kv_transport;
+    info["kv_transports"] = KvTransportsJson(GetKvEndpoint());
     if (e) {
       const EngineStats s = e->Stats();
       info["backend"] = std::string(e->backend().name());
@@ -404,6 +461,7 @@ struct WorkerServer::Impl : public KvSink {
                {"blocks", r->blocks},
                {"block_size", e->config().block_size},
                {"kv_address", options.advertise_host + ":" + std::to_string(receiver->port())},
+               {"transports", KvTransportsJson(GetKvEndpoint())},
                {"expires_ms", options.reservation_ttl.count()}});
   }
 
@@ -432,20 +490,34 @@ struct WorkerServer::Impl : public KvSink {
       return;
     }
     KvDestination destination;
-    destination.transport = JsonGet<std::string>(*dest, "/transport", "tcp");
     destination.address = JsonGet<std::string>(*dest, "/kv_address", "");
     destination.reservation_id = JsonGet<uint64_t>(*dest, "/reservation_id", 0);
-    if (destination.transport != "tcp") {
-      ReplyError(res, 400,
-                 "KV transport \"" + destination.transport +
-                     "\" is not available in this build (tcp is; cuda-ipc and nccl "
-                     "come with the cuda backend)");
-      return;
+    if (const Json* ids = JsonChild(*dest, "blocks"); ids != nullptr && ids->is_array()) {
+      for (const Json& b : *ids) {
+        if (b.is_number_integer()) destination.blocks.push_back(b.get<int32_t>());
+      }
     }
+    destination.peer = ParseKvTransports(JsonChild(*dest, "transports"));
     if (destination.address.empty()) {
       ReplyError(res, 400, "destination.kv_address is required");
       return;
     }
+    // The pool's transport (or the caller's), as this pair can do it; decided before any
+    // compute so a pair that cannot do it costs nothing.
+    const std::string setting = JsonGet<std::string>(*dest, "/transport", options.kv_transport);
+    auto chosen = SelectKvTransport(setting, GetKvEndpoint(), destination.peer);
+    if (!chosen.ok()) {
+      metrics.CountRequest("prefill", "rejected");
+      const bool bad_request = chosen.status().code() == StatusCode::kInvalidArgument;
+      if (!bad_request) {
+        LogWarn("KV transport unavailable for this pair",
+                {{"to", destination.address}, {"error", chosen.status().message()}});
+      }
+      ReplyError(res, bad_request ? 400 : 500,
+                 "destination.transport: " + chosen.status().message());
+      return;
+    }
+    destination.transport = *chosen;
     const int32_t num_tokens = static_cast<int32_t>(prompt->size());
 
     // 1. Compute the prompt's KV and the first token.
@@ -490,23 +562,37 @@ struct WorkerServer::Impl : public KvSink {
     std::vector<int32_t> blocks = e->TakeRetainedBlocks(id);
     const auto started = Clock::now();
     ++sends_in_progress;
-    auto sent = sender->Send(destination, num_tokens, e->config().block_size,
-                             [&](int32_t index, int32_t tokens, std::string* out) -> Status {
-                               if (index >= static_cast<int32_t>(blocks.size())) {
-                                 return Status::Internal("block index out of range");
-                               }
-                               return e->ExportBlock(blocks[index], tokens, out);
-                             });
+    StatusOr<KvTransferStats> sent = Status::Internal("no KV transport");
+    if (destination.transport == kKvTransportTcp) {
+      sent = sender->Send(destination, num_tokens, e->config().block_size,
+                          [&](int32_t index, int32_t tokens, std::string* out) -> Status {
+                            if (index >= static_cast<int32_t>(blocks.size())) {
+                              return Status::Internal("block index out of range");
+                            }
+                            return e->ExportBlock(blocks[index], tokens, out);
+                          });
+    } else {
+      // Device to device from this worker's KV region; selection checked both sides have one.
+      KvDeviceSender* gpu = destination.transport == kKvTransportCudaIpc
+                                ? static_cast<KvDeviceSender*>(ipc_sender.get())
+                                : static_cast<KvDeviceSender*>(nccl_sender.get());
+      const DeviceKvRegion* region = e->backend().device_kv();
+      if (gpu != nullptr && region != nullptr) {
+        sent = gpu->Send(destination, *region, blocks, num_tokens);
+      }
+    }
     e->ReleaseBlocks(blocks);
     --sends_in_progress;
     if (!sent.ok()) {
       metrics.ObserveKvTransfer("send", 0, 0, false);
       metrics.CountRequest("prefill", "error");
       LogWarn("KV push failed", {{"to", destination.address},
+                                 {"transport", destination.transport},
                                  {"reservation", destination.reservation_id},
                                  {"error", sent.status().ToString()}});
       ReplyError(res, 502,
-                 "KV push to " + destination.address + " failed: " + sent.status().message());
+                 "KV push to " + destination.address + " (" + destination.transport +
+                     ") failed: " + sent.status().message());
       return;
     }
     // A sim backend moves no real bytes; the transfer takes as long as the modeled link says.
@@ -522,6 +608,7 @@ struct WorkerServer::Impl : public KvSink {
           Json{{"first_token", first_token},
                {"prompt_tokens", num_tokens},
                {"kv_bytes", bytes},
+               {"kv_transport", destination.transport},
                {"kv_transfer_seconds", seconds}});
   }
 
@@ -781,6 +868,23 @@ Status WorkerServer::Start() {
   // Every worker can push and take KV: a role switch in place needs no new port.
   m.sender = std::make_unique<TcpKvSender>(kv);
   m.receiver = std::make_unique<TcpKvReceiver>(kv, &m);
+  // The GPU transports' control channels share the tcp receiver's port (their own magic).
+  if (m.options.cuda_ipc) {
+    CudaIpcKvOptions ipc;
+    ipc.token = m.options.auth_token;
+    ipc.io_timeout = m.options.kv_io_timeout;
+    m.ipc_sender = std::make_unique<CudaIpcKvSender>(ipc, m.options.cuda_ipc.get());
+    m.ipc_receiver = std::make_unique<CudaIpcKvReceiver>(ipc, &m);
+    m.receiver->AddProtocol(kCudaIpcKvMagic, [&m](int fd) { m.ipc_receiver->ServeConnection(fd); });
+  }
+  if (m.options.nccl) {
+    NcclKvOptions nccl;
+    nccl.token = m.options.auth_token;
+    nccl.io_timeout = m.options.kv_io_timeout;
+    m.nccl_sender = std::make_unique<NcclKvSender>(nccl, m.options.nccl.get());
+    m.nccl_receiver = std::make_unique<NcclKvReceiver>(nccl, m.options.nccl.get(), &m);
+    m.receiver->AddProtocol(kNcclKvMagic, [&m](int fd) { m.nccl_receiver->ServeConnection(fd); });
+  }
   Status s = m.receiver->Start(m.options.kv_host.empty() ? m.options.host : m.options.kv_host,
                                m.options.kv_port);
   if (!s.ok()) return s;
@@ -803,6 +907,7 @@ Status WorkerServer::Start() {
   });
   srv.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     if (auto e = impl_->GetEngine()) impl_->metrics.SetEngineStats(e->Stats(), ready());
+    impl_->metrics.SetGpuReadings(impl_->gpu_monitor.Sample());
     res.set_content(SerializeMetrics(*impl_->metrics.registry()),
                     "text/plain; version=0.0.4; charset=utf-8");
   });
@@ -832,8 +937,10 @@ Status WorkerServer::Start() {
 void WorkerServer::SetEngine(std::unique_ptr<Engine> engine) {
   Impl& m = *impl_;
   engine->SetStepObserver([&m](const StepReport& r) { m.metrics.ObserveStep(r); });
+  KvEndpoint endpoint = m.DescribeKv(*engine);
   engine->Start();
   std::lock_guard lock(m.mu);
+  m.kv_endpoint = std::move(endpoint);
   m.engine = std::move(engine);
   m.weights_loaded_at = FormatRfc3339Micro(m.clock->WallNow());
 }

@@ -5,7 +5,9 @@
 // in-flight work finish within a grace period. SwitchRole() (kRolePath, or the pod's labels
 // file) moves a prefill worker to decode or back in place: stop admitting the old role's new
 // work, let in-flight work finish within a grace period, switch; engine, weights and KV cache
-// stay. Thread-safe.
+// stay. KV pushes go over the transport kv_transport_select.h picks per handoff from the pool's
+// setting (--kv-transport) and both workers' KV caches: tcp, or with a GPU KV cache cuda-ipc
+// or nccl, whose control channels share the tcp receiver's port. Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -14,6 +16,8 @@
 #include <string>
 
 #include "agent/engine/engine.h"
+#include "agent/transport/kv_communicator.h"
+#include "agent/transport/kv_ipc.h"
 #include "agent/transport/kv_transport.h"
 #include "agent/worker/worker_metrics.h"
 #include "agent/worker/worker_role.h"
@@ -35,6 +39,15 @@ struct WorkerServerOptions {
   std::chrono::milliseconds request_timeout{600'000};
   std::chrono::milliseconds kv_io_timeout{10'000};
   std::chrono::milliseconds fault_kv_block_delay{0};  // tests: slow the KV push down
+  // The pool's KV transport (spec.kvTransfer.transport): auto, tcp, cuda-ipc or nccl. A prefill
+  // request's destination.transport overrides it.
+  std::string kv_transport = "auto";
+  std::string node_name;      // this worker's node ($PDPOOL_NODE_NAME), for auto's choice
+  std::string nvlink_domain;  // its NVLink domain ($PDPOOL_NVLINK_DOMAIN), for auto's choice
+  // GPU transports (null: not in this build). Used only with a backend whose KV cache is in
+  // GPU memory (Backend::device_kv).
+  std::shared_ptr<KvIpc> cuda_ipc;
+  std::shared_ptr<KvCommunicatorFactory> nccl;
   // How long a role switch waits for the old role's in-flight work (--drain-timeout).
   std::chrono::milliseconds role_switch_drain_timeout{30'000};
 };

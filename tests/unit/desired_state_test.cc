@@ -104,10 +104,28 @@ TEST(WorkerPodTemplate, LabelsContainerArgsEnvPortsProbes) {
   EXPECT_EQ((*Env(*worker, "POD_NAMESPACE"))["valueFrom"]["fieldRef"]["fieldPath"],
             "metadata.namespace");
   EXPECT_EQ((*Env(*worker, "POD_IP"))["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+  // Where the worker runs, for its KV transport choice (auto: nccl within a node or domain).
+  EXPECT_EQ((*Env(*worker, "PDPOOL_NODE_NAME"))["valueFrom"]["fieldRef"]["fieldPath"],
+            "spec.nodeName");
+  EXPECT_EQ((*Env(*worker, "PDPOOL_NVLINK_DOMAIN"))["value"], "nvl72-a");
   EXPECT_EQ((*worker)["ports"][0]["name"], "http");
   EXPECT_EQ((*worker)["ports"][0]["containerPort"], 8000);
   EXPECT_EQ((*worker)["readinessProbe"]["httpGet"]["path"], "/readyz");
   EXPECT_EQ((*worker)["livenessProbe"]["httpGet"]["path"], "/healthz");
+}
+
+TEST(WorkerPodTemplate, NvlinkDomainEnvOnlyWhenThePoolIsPinnedToIt) {
+  // Preferred or None: the pod may land outside the domain, so the worker is not told one.
+  for (TopologyPolicy policy : {TopologyPolicy::kPreferred, TopologyPolicy::kNone}) {
+    const Json t = MustTemplate(Spec(), WorkerRole::kPrefill, "nvl72-a", policy);
+    const Json* worker = Container(t, "worker");
+    ASSERT_NE(worker, nullptr);
+    EXPECT_EQ(Env(*worker, "PDPOOL_NVLINK_DOMAIN"), nullptr);
+    EXPECT_NE(Env(*worker, "PDPOOL_NODE_NAME"), nullptr);
+  }
+  // Required, but no domain chosen yet.
+  const Json t = MustTemplate(Spec(), WorkerRole::kPrefill, "", TopologyPolicy::kRequired);
+  EXPECT_EQ(Env(*Container(t, "worker"), "PDPOOL_NVLINK_DOMAIN"), nullptr);
 }
 
 TEST(WorkerPodTemplate, GpuRequestsAndLimitsAreGpusPerReplica) {
@@ -256,7 +274,7 @@ TEST(WorkerPodTemplate, OverridesMergeWithContainersByName) {
   EXPECT_NE(Env(worker, "POD_NAME"), nullptr);
   EXPECT_EQ(*Env(worker, "POD_IP"), (Json{{"name", "POD_IP"}, {"value", "override"}}));
   EXPECT_EQ((*Env(worker, "HF_TOKEN"))["value"], "t");
-  EXPECT_EQ(worker["env"].size(), 4u);
+  EXPECT_EQ(worker["env"].size(), 6u);
   // An unknown container is appended, its nulls dropped.
   EXPECT_EQ(t["spec"]["containers"][1], (Json{{"name", "sidecar"}, {"image", "busybox"}}));
 }

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
-
 #include <string>
 #include <vector>
 
@@ -163,6 +162,33 @@ TEST(ModelConfigTest, HfConfigDefaultsAndLegacyRopeKey) {
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_TRUE(c->rope_scaling.llama3);
   EXPECT_EQ(c->head_dim, 64);
+}
+
+// transformers 5 saves rope_theta and the llama3 scaling together as rope_parameters.
+TEST(ModelConfigTest, HfConfigRopeParametersOfTransformers5) {
+  Json j = Llama8bConfig();
+  j.erase("rope_scaling");
+  j.erase("rope_theta");
+  j["rope_parameters"] = {{"rope_type", "llama3"},   {"rope_theta", 500000.0},
+                          {"factor", 32.0},          {"low_freq_factor", 1.0},
+                          {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  StatusOr<ModelConfig> c = ModelConfigFromHfConfig(j);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_DOUBLE_EQ(c->rope_theta, 500000.0);
+  EXPECT_TRUE(c->rope_scaling.llama3);
+  EXPECT_DOUBLE_EQ(c->rope_scaling.factor, 32.0);
+
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 250000.0}};
+  c = ModelConfigFromHfConfig(j);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_DOUBLE_EQ(c->rope_theta, 250000.0);
+  EXPECT_FALSE(c->rope_scaling.llama3);
+
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 250000.0}};
+  c = ModelConfigFromHfConfig(j);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("rope_parameters.rope_type"), std::string::npos)
+      << c.status().message();
 }
 
 TEST(ModelConfigTest, HfConfigErrorsNameTheField) {

@@ -457,6 +457,20 @@ TEST(ValidatePoolSpec, GpuTransportsNeedAGpuBackend) {
   EXPECT_TRUE(Errors(spec).empty());
 }
 
+TEST(ValidatePoolSpec, CudaBackendRunsOneGpuPerWorker) {
+  Json spec = ValidSpec();
+  spec["backend"] = "cuda";
+  spec["prefill"]["gpusPerReplica"] = 1;
+  spec["decode"]["gpusPerReplica"] = 4;
+  auto errors = Errors(spec);
+  EXPECT_TRUE(MessagesAt(errors, "spec.prefill.gpusPerReplica").empty()) << Dump(errors);
+  ASSERT_EQ(MessagesAt(errors, "spec.decode.gpusPerReplica").size(), 1u) << Dump(errors);
+  EXPECT_NE(MessagesAt(errors, "spec.decode.gpusPerReplica")[0].find("backend cuda"),
+            std::string::npos);
+  spec["backend"] = "sim";  // the sim backend models tensor parallelism
+  EXPECT_TRUE(Errors(spec).empty()) << Dump(Errors(spec));
+}
+
 TEST(ValidatePoolSpec, TopologyKeyMustBeALabelKey) {
   for (const char* key : {"nvidia.com/gpu.clique", "rack", "example.com/a_b-c.d"}) {
     EXPECT_TRUE(ErrorsWith("spec.topology.key", key).empty()) << key;

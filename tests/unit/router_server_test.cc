@@ -36,6 +36,11 @@ constexpr auto kWait = std::chrono::seconds(10);
 constexpr const char* kToken = "pool-secret";
 constexpr const char* kScript = "Hello, world! The quick brown fox jumps over the lazy dog. ";
 constexpr int32_t kEos = ByteTokenizer::kEosId;
+// What a decode worker on a GPU offers in its reservation reply (worker_protocol.h).
+const Json kTransports = {
+    {"tcp", Json::object()},
+    {"nccl",
+     {{"device_uuid", "GPU-d"}, {"node", "n1"}, {"nvlink_domain", "c1"}, {"block_bytes", 4096}}}};
 
 // Polls `pred` until it holds or kWait passes.
 bool WaitUntil(const std::function<bool()>& pred) {
@@ -95,11 +100,9 @@ class FakeWorker {
                    int64_t id = next_reservation_++;
                    live_.push_back(id);
                    reserve_bodies_.push_back(body);
-                   Json reply = {{"reservation_id", id},
-                                 {"blocks", {id * 10, id * 10 + 1}},
-                                 {"block_size", 16},
-                                 {"kv_address", kv_address()},
-                                 {"expires_ms", 30000}};
+                   Json reply = {{"reservation_id", id},      {"blocks", {id * 10, id * 10 + 1}},
+                                 {"block_size", 16},          {"kv_address", kv_address()},
+                                 {"transports", kTransports}, {"expires_ms", 30000}};
                    res.set_content(reply.dump(), "application/json");
                  });
     server_.Post(protocol::kReleasePath,
@@ -432,7 +435,9 @@ TEST(RouterServerTest, DisaggregatedCompletion) {
   ASSERT_EQ(p1.prefill + p2.prefill, 1);
   Json pre = (p1.prefill == 1 ? p1 : p2).prefill_bodies().at(0);
   EXPECT_EQ(pre["prompt_token_ids"], Json({256, 'h', 'i'}));
-  EXPECT_EQ(pre["destination"]["transport"], "tcp");
+  // The decode worker's transports pass through unchanged; the prefill worker picks one.
+  EXPECT_FALSE(pre["destination"].contains("transport"));
+  EXPECT_EQ(pre["destination"]["transports"], kTransports);
   EXPECT_EQ(pre["destination"]["kv_address"], d.kv_address());
   EXPECT_EQ(pre["sampling"]["temperature"], 0.0);
   EXPECT_EQ(pre["sampling"]["seed"], 11);

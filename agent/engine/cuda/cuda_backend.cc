@@ -8,7 +8,6 @@
 // kernel launches.
 #include "agent/engine/cuda/cuda_backend.h"
 
-#include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -22,6 +21,7 @@
 #include <vector>
 
 #include "agent/engine/cuda/cuda_check.h"
+#include "agent/engine/cuda/cuda_libraries.h"
 #include "agent/engine/cuda/device_memory.h"
 #include "agent/engine/cuda/kernels.h"
 #include "agent/engine/cuda/kv_cache_layout.h"
@@ -35,18 +35,20 @@ using cuda::bf16;
 using cuda::DeviceBuffer;
 using cuda::PinnedBuffer;
 
-Status CublasStatus(cublasStatus_t status, const char* call, int line) {
+Status CublasStatus(const cuda::CublasApi& blas, cublasStatus_t status, const char* call,
+                    int line) {
   return Status::Internal(std::string(call) + " failed at cuda_backend.cc:" + std::to_string(line) +
-                          ": " + cublasGetStatusName(status) + " (" +
-                          cublasGetStatusString(status) + ")");
+                          ": " + blas.GetStatusName(status) + " (" + blas.GetStatusString(status) +
+                          ")");
 }
 
-#define PDPOOL_CUBLAS_RETURN_IF_ERROR(call)                        \
-  do {                                                             \
-    if (cublasStatus_t pdpool_cublas_status_ = (call);             \
-        pdpool_cublas_status_ != CUBLAS_STATUS_SUCCESS) {          \
-      return CublasStatus(pdpool_cublas_status_, #call, __LINE__); \
-    }                                                              \
+// In CudaBackend members only (uses blas_).
+#define PDPOOL_CUBLAS_RETURN_IF_ERROR(call)                                \
+  do {                                                                     \
+    if (cublasStatus_t pdpool_cublas_status_ = (call);                     \
+        pdpool_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                  \
+      return CublasStatus(*blas_, pdpool_cublas_status_, #call, __LINE__); \
+    }                                                                      \
   } while (0)
 
 #define PDPOOL_RETURN_IF_NOT_OK(expr)                                           \
@@ -107,7 +109,7 @@ class CudaBackend final : public Backend {
     cudaSetDevice(options_.device);
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     for (auto& [bucket, exec] : graphs_) cudaGraphExecDestroy(exec);
-    if (cublas_ != nullptr) cublasDestroy(cublas_);
+    if (cublas_ != nullptr) blas_->Destroy(cublas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
 
@@ -145,11 +147,14 @@ class CudaBackend final : public Backend {
     max_model_len_ = options_.max_model_len > 0 ? options_.max_model_len
                                                 : std::min(c.max_position_embeddings, 32768);
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    PDPOOL_CUBLAS_RETURN_IF_ERROR(cublasCreate(&cublas_));
-    PDPOOL_CUBLAS_RETURN_IF_ERROR(cublasSetStream(cublas_, stream_));
+    auto blas = cuda::LoadCublas();
+    if (!blas.ok()) return Status(blas.status().code(), "cuda backend: " + blas.status().message());
+    blas_ = *blas;
+    PDPOOL_CUBLAS_RETURN_IF_ERROR(blas_->Create(&cublas_));
+    PDPOOL_CUBLAS_RETURN_IF_ERROR(blas_->SetStream(cublas_, stream_));
     PDPOOL_RETURN_IF_NOT_OK(cublas_workspace_.Allocate(kCublasWorkspaceBytes, "cuBLAS workspace"));
     PDPOOL_CUBLAS_RETURN_IF_ERROR(
-        cublasSetWorkspace(cublas_, cublas_workspace_.get(), kCublasWorkspaceBytes));
+        blas_->SetWorkspace(cublas_, cublas_workspace_.get(), kCublasWorkspaceBytes));
     PDPOOL_RETURN_IF_NOT_OK(LoadWeights());
     PDPOOL_RETURN_IF_NOT_OK(BuildRopeTable());
     PDPOOL_RETURN_IF_NOT_OK(AllocateActivations());
@@ -600,10 +605,10 @@ class CudaBackend final : public Backend {
   // inputs, fp32 accumulation; y bf16, or fp32 when y_fp32.
   Status Gemm(const bf16* x, const bf16* w, void* y, int rows, int out, int in, bool y_fp32) {
     const float alpha = 1.0f, beta = 0.0f;
-    PDPOOL_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in,
-                                               &alpha, w, CUDA_R_16BF, in, x, CUDA_R_16BF, in,
-                                               &beta, y, y_fp32 ? CUDA_R_32F : CUDA_R_16BF, out,
-                                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    PDPOOL_CUBLAS_RETURN_IF_ERROR(blas_->GemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in,
+                                                &alpha, w, CUDA_R_16BF, in, x, CUDA_R_16BF, in,
+                                                &beta, y, y_fp32 ? CUDA_R_32F : CUDA_R_16BF, out,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return Status::Ok();
   }
 
@@ -702,6 +707,7 @@ class CudaBackend final : public Backend {
   int num_sms_ = 0;
   int max_model_len_ = 0;
   cudaStream_t stream_ = nullptr;
+  const cuda::CublasApi* blas_ = nullptr;  // loaded at run time (cuda_libraries.h)
   cublasHandle_t cublas_ = nullptr;
   DeviceBuffer cublas_workspace_;
 
