@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include "agent/transport/gpu_channel.h"
 #include "agent/transport/socket_io.h"
 #include "common/log.h"
 
@@ -43,34 +44,6 @@ std::vector<IpcCopy> BlockCopies(const DeviceKvRegion& source,
                       static_cast<int64_t>(dst_blocks[i]) * bb, bb});
   }
   return copies;
-}
-
-CudaIpcKvSender::~CudaIpcKvSender() {
-  for (auto& [address, fds] : idle_) {
-    for (int fd : fds) ::close(fd);
-  }
-}
-
-int CudaIpcKvSender::TakeIdle(const std::string& address) {
-  std::lock_guard lock(mu_);
-  auto it = idle_.find(address);
-  while (it != idle_.end() && !it->second.empty()) {
-    const int fd = it->second.back();
-    it->second.pop_back();
-    if (!net::PeerClosed(fd)) return fd;
-    ::close(fd);
-  }
-  return -1;
-}
-
-void CudaIpcKvSender::GiveBack(const std::string& address, int fd) {
-  std::lock_guard lock(mu_);
-  std::vector<int>& fds = idle_[address];
-  if (static_cast<int>(fds.size()) >= options_.max_idle_per_peer) {
-    ::close(fd);
-    return;
-  }
-  fds.push_back(fd);
 }
 
 StatusOr<KvTransferStats> CudaIpcKvSender::Send(const KvDestination& destination,
@@ -116,7 +89,7 @@ StatusOr<KvTransferStats> CudaIpcKvSender::Send(const KvDestination& destination
   // A pooled connection first; if the receiver had closed it before answering, once more on a
   // fresh one.
   for (int attempt = 0; attempt < 2; ++attempt) {
-    int fd = attempt == 0 ? TakeIdle(address) : -1;
+    int fd = attempt == 0 ? idle_.Take(address) : -1;
     const bool reused = fd >= 0;
     if (!reused) {
       auto fd_or = net::Connect(address, options_.io_timeout);
@@ -139,7 +112,7 @@ StatusOr<KvTransferStats> CudaIpcKvSender::Send(const KvDestination& destination
     bool unanswered = false;
     auto stats = Transfer(fd, destination, source, blocks, num_tokens, &unanswered);
     if (stats.ok()) {
-      GiveBack(address, fd);
+      idle_.GiveBack(address, fd);
       return stats;
     }
     ::close(fd);
@@ -213,21 +186,9 @@ void CudaIpcKvReceiver::ServeConnection(int fd) {
   }
   std::string token(Get<uint16_t>(head + 2), '\0');
   if (!ReadAll(fd, token.data(), token.size(), idle, SteadyClock::now() + idle).ok()) return;
-  if (!net::ConstantTimeEquals(token, options_.token)) {
-    LogWarn("cuda-ipc KV channel refused: bad token");
-    (void)net::SendStatusReply(fd, Status::Unauthorized("bad pool token"), idle);
-    return;
-  }
-  const DeviceKvRegion* region = sink_->DeviceRegion();
-  if (region == nullptr) {
-    (void)net::SendStatusReply(
-        fd,
-        Status::Unavailable("this worker's KV cache is in host memory: it takes no cuda-ipc "
-                            "transfers (use tcp)"),
-        idle);
-    return;
-  }
-  if (!net::SendStatusReply(fd, Status::Ok(), idle).ok()) return;
+  const DeviceKvRegion* region =
+      AdmitGpuChannel(fd, token, options_.token, sink_, "cuda-ipc", idle);
+  if (region == nullptr) return;
 
   // The reservation between a begin and its commit or abort.
   bool open = false;

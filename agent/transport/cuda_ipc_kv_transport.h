@@ -32,6 +32,7 @@
 
 #include "agent/transport/kv_ipc.h"
 #include "agent/transport/kv_transport.h"
+#include "agent/transport/socket_io.h"
 
 namespace pdpool::agent {
 
@@ -54,8 +55,8 @@ std::vector<IpcCopy> BlockCopies(const DeviceKvRegion& source,
 class CudaIpcKvSender final : public KvDeviceSender {
  public:
   // `ipc` outlives the sender.
-  CudaIpcKvSender(CudaIpcKvOptions options, KvIpc* ipc) : options_(std::move(options)), ipc_(ipc) {}
-  ~CudaIpcKvSender() override;
+  CudaIpcKvSender(CudaIpcKvOptions options, KvIpc* ipc)
+      : options_(std::move(options)), ipc_(ipc), idle_(options_.max_idle_per_peer) {}
   StatusOr<KvTransferStats> Send(const KvDestination& destination, const DeviceKvRegion& source,
                                  const std::vector<int32_t>& blocks, int32_t num_tokens) override;
 
@@ -64,13 +65,10 @@ class CudaIpcKvSender final : public KvDeviceSender {
                                      const DeviceKvRegion& source,
                                      const std::vector<int32_t>& blocks, int32_t num_tokens,
                                      bool* unanswered);
-  int TakeIdle(const std::string& address);
-  void GiveBack(const std::string& address, int fd);
 
   CudaIpcKvOptions options_;
   KvIpc* ipc_;
-  std::mutex mu_;
-  std::unordered_map<std::string, std::vector<int>> idle_;
+  net::IdleConnections idle_;
 };
 
 class CudaIpcKvReceiver {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "agent/transport/gpu_channel.h"
 #include "agent/transport/socket_io.h"
 #include "common/log.h"
 
@@ -259,21 +260,8 @@ void NcclKvReceiver::ServeConnection(int fd) {
   }
   std::string id(Get<uint16_t>(id_len), '\0');
   if (id.size() > kMaxUniqueId || !ReadAll(fd, id.data(), id.size(), idle, deadline).ok()) return;
-  if (!net::ConstantTimeEquals(token, options_.token)) {
-    LogWarn("nccl KV channel refused: bad token");
-    (void)net::SendStatusReply(fd, Status::Unauthorized("bad pool token"), idle);
-    return;
-  }
-  const DeviceKvRegion* region = sink_->DeviceRegion();
-  if (region == nullptr) {
-    (void)net::SendStatusReply(
-        fd,
-        Status::Unavailable("this worker's KV cache is in host memory: it takes no nccl "
-                            "transfers (use tcp)"),
-        idle);
-    return;
-  }
-  if (!net::SendStatusReply(fd, Status::Ok(), idle).ok()) return;
+  const DeviceKvRegion* region = AdmitGpuChannel(fd, token, options_.token, sink_, "nccl", idle);
+  if (region == nullptr) return;
   auto joined =
       factory_->Join(id, 2, 1, region->device, SteadyClock::now() + options_.setup_timeout);
   if (!joined.ok()) {

@@ -151,4 +151,32 @@ Status ReadStatusReply(int fd, std::chrono::milliseconds idle, SteadyTime deadli
   return Status::Ok();
 }
 
+IdleConnections::~IdleConnections() {
+  for (auto& [address, fds] : idle_) {
+    for (int fd : fds) ::close(fd);
+  }
+}
+
+int IdleConnections::Take(const std::string& address) {
+  std::lock_guard lock(mu_);
+  auto it = idle_.find(address);
+  while (it != idle_.end() && !it->second.empty()) {
+    const int fd = it->second.back();
+    it->second.pop_back();
+    if (!PeerClosed(fd)) return fd;
+    ::close(fd);
+  }
+  return -1;
+}
+
+void IdleConnections::GiveBack(const std::string& address, int fd) {
+  std::lock_guard lock(mu_);
+  std::vector<int>& fds = idle_[address];
+  if (static_cast<int>(fds.size()) >= max_per_peer_) {
+    ::close(fd);
+    return;
+  }
+  fds.push_back(fd);
+}
+
 }  // namespace pdpool::agent::net

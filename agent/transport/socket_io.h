@@ -9,8 +9,11 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <vector>
 
 #include "common/status.h"
 
@@ -58,5 +61,24 @@ Status SendStatusReply(int fd, const Status& status, std::chrono::milliseconds i
 // the peer's verdict is *verdict (ok, or Unavailable with the peer's message).
 Status ReadStatusReply(int fd, std::chrono::milliseconds idle, SteadyTime deadline,
                        Status* verdict);
+
+// Connections a sender keeps open per peer address for its next transfers, at most
+// max_per_peer each (more are closed). Take drops, on the way, any the peer has closed.
+// Closes what it holds when destroyed. Thread-safe.
+class IdleConnections {
+ public:
+  explicit IdleConnections(int max_per_peer) : max_per_peer_(max_per_peer) {}
+  IdleConnections(const IdleConnections&) = delete;
+  IdleConnections& operator=(const IdleConnections&) = delete;
+  ~IdleConnections();
+
+  int Take(const std::string& address);  // an open connection, or -1
+  void GiveBack(const std::string& address, int fd);
+
+ private:
+  const int max_per_peer_;
+  std::mutex mu_;
+  std::unordered_map<std::string, std::vector<int>> idle_;
+};
 
 }  // namespace pdpool::agent::net

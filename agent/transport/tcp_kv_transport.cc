@@ -38,36 +38,6 @@ Status SendReply(int fd, const Status& status, std::chrono::milliseconds idle) {
 
 }  // namespace
 
-TcpKvSender::~TcpKvSender() {
-  for (auto& [address, fds] : idle_) {
-    for (int fd : fds) ::close(fd);
-  }
-}
-
-int TcpKvSender::TakeIdle(const std::string& address) {
-  std::lock_guard lock(mu_);
-  auto it = idle_.find(address);
-  while (it != idle_.end() && !it->second.empty()) {
-    const int fd = it->second.back();
-    it->second.pop_back();
-    // A pooled connection the receiver closed reads as EOF at once: drop it.
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 0) == 0) return fd;
-    ::close(fd);
-  }
-  return -1;
-}
-
-void TcpKvSender::GiveBack(const std::string& address, int fd) {
-  std::lock_guard lock(mu_);
-  std::vector<int>& fds = idle_[address];
-  if (static_cast<int>(fds.size()) >= options_.max_idle_per_peer) {
-    ::close(fd);
-    return;
-  }
-  fds.push_back(fd);
-}
-
 StatusOr<KvTransferStats> TcpKvSender::Send(const KvDestination& destination, int32_t num_tokens,
                                             int32_t block_size, const KvBlockReader& read) {
   if (num_tokens < 1 || block_size < 1) {
@@ -76,7 +46,7 @@ StatusOr<KvTransferStats> TcpKvSender::Send(const KvDestination& destination, in
   // A pooled connection first; if the receiver had closed it before reading anything (no
   // reply at all), the transfer never began there: once more on a fresh connection.
   for (int attempt = 0; attempt < 2; ++attempt) {
-    int fd = attempt == 0 ? TakeIdle(destination.address) : -1;
+    int fd = attempt == 0 ? idle_.Take(destination.address) : -1;
     const bool reused = fd >= 0;
     if (!reused) {
       auto fd_or = net::Connect(destination.address, options_.io_timeout);
@@ -87,7 +57,7 @@ StatusOr<KvTransferStats> TcpKvSender::Send(const KvDestination& destination, in
     bool reply_seen = false;
     auto stats = Transfer(fd, destination, num_tokens, block_size, read, &reply_seen);
     if (stats.ok()) {
-      GiveBack(destination.address, fd);
+      idle_.GiveBack(destination.address, fd);
       return stats;
     }
     ::close(fd);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "agent/transport/kv_transport.h"
+#include "agent/transport/socket_io.h"
 
 namespace pdpool::agent {
 
@@ -39,8 +40,8 @@ struct TcpKvOptions {
 
 class TcpKvSender final : public KvSender {
  public:
-  explicit TcpKvSender(TcpKvOptions options) : options_(std::move(options)) {}
-  ~TcpKvSender() override;
+  explicit TcpKvSender(TcpKvOptions options)
+      : options_(std::move(options)), idle_(options_.max_idle_per_peer) {}
   StatusOr<KvTransferStats> Send(const KvDestination& destination, int32_t num_tokens,
                                  int32_t block_size, const KvBlockReader& read) override;
   // Connections opened so far (tests: pooled connections are reused).
@@ -51,12 +52,9 @@ class TcpKvSender final : public KvSender {
   StatusOr<KvTransferStats> Transfer(int fd, const KvDestination& destination, int32_t num_tokens,
                                      int32_t block_size, const KvBlockReader& read,
                                      bool* reply_seen);
-  int TakeIdle(const std::string& address);
-  void GiveBack(const std::string& address, int fd);
 
   TcpKvOptions options_;
-  std::mutex mu_;
-  std::unordered_map<std::string, std::vector<int>> idle_;
+  net::IdleConnections idle_;
   std::atomic<int> connections_opened_{0};
 };
 

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "agent/engine/cuda/cuda_ipc.h"
+#include "agent/engine/cuda/gpu_uuid.h"
 #include "agent/transport/cuda_ipc_kv_transport.h"
 #include "agent/transport/tcp_kv_transport.h"
 
@@ -57,18 +58,6 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-std::string DeviceUuid(int device) {
-  cudaDeviceProp prop{};
-  CHECK_CUDA(cudaGetDeviceProperties(&prop, device));
-  const auto* b = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
-  char out[64];
-  std::snprintf(out, sizeof(out),
-                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-                b[14], b[15]);
-  return out;
-}
-
 struct Geometry {
   int64_t block_bytes = 2 << 20;  // a 16-token block of Llama-3.1-8B in bf16
   int32_t num_blocks() const { return static_cast<int32_t>(kTotalBytes / block_bytes); }
@@ -93,7 +82,8 @@ DeviceKvRegion Allocate(const Geometry& g, void** ptr) {
   CHECK_CUDA(cudaDeviceSynchronize());
   DeviceKvRegion r;
   r.device = 0;
-  r.device_uuid = DeviceUuid(0);
+  auto uuid = cuda::DeviceUuid(0);
+  r.device_uuid = uuid.ok() ? *uuid : "GPU-unknown";
   r.base = reinterpret_cast<uintptr_t>(*ptr);
   r.block_bytes = g.block_bytes;
   r.num_blocks = g.num_blocks();

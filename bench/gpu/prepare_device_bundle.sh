@@ -15,11 +15,12 @@
 # packages have them there (bench/gpu/run_on_device.sh finds them).
 # .device/ is listed in .git/info/exclude so that it travels only through `carry`.
 #
-# Usage: bench/gpu/prepare_device_bundle.sh   (BUILD_DIR=build-gbench, JOBS=1 by default)
+# Usage: bench/gpu/prepare_device_bundle.sh   (BUILD_DIR=build, JOBS=nproc by default: the
+# build `make build` made)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BUILD_DIR=${BUILD_DIR:-build-gbench}
-JOBS=${JOBS:-1}
+BUILD_DIR=${BUILD_DIR:-build}
+JOBS=${JOBS:-$(nproc)}
 BUNDLE=.device
 
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then

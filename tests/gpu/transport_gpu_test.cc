@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "agent/engine/cuda/cuda_ipc.h"
+#include "agent/engine/cuda/gpu_uuid.h"
 #include "agent/engine/cuda/nccl_communicator.h"
 #include "agent/transport/cuda_ipc_kv_transport.h"
 #include "agent/transport/tcp_kv_transport.h"
@@ -52,18 +53,6 @@ constexpr const char* kToken = "gpu-test-token";
 
 constexpr const char* kChildEnv = "PDPOOL_CUDA_IPC_CHILD";
 
-std::string DeviceUuid(int device) {
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return "GPU-unknown";
-  const auto* b = reinterpret_cast<const unsigned char*>(prop.uuid.bytes);
-  char out[64];
-  std::snprintf(out, sizeof(out),
-                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-                b[14], b[15]);
-  return out;
-}
-
 std::vector<char> RandomBytes(size_t n, uint32_t seed) {
   std::vector<char> v(n);
   std::mt19937 rng(seed);
@@ -87,7 +76,8 @@ Status Allocate(DeviceRegion* r) {
     return Status::Internal("cudaMalloc/cudaMemset of the KV region failed");
   }
   r->region.device = 0;
-  r->region.device_uuid = DeviceUuid(0);
+  auto uuid = cuda::DeviceUuid(0);
+  r->region.device_uuid = uuid.ok() ? *uuid : "GPU-unknown";
   r->region.base = reinterpret_cast<uintptr_t>(r->ptr);
   r->region.block_bytes = kBlockBytes;
   r->region.num_blocks = kNumBlocks;

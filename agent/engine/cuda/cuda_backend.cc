@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <map>
 #include <string>
@@ -23,6 +22,7 @@
 #include "agent/engine/cuda/cuda_check.h"
 #include "agent/engine/cuda/cuda_libraries.h"
 #include "agent/engine/cuda/device_memory.h"
+#include "agent/engine/cuda/gpu_uuid.h"
 #include "agent/engine/cuda/kernels.h"
 #include "agent/engine/cuda/kv_cache_layout.h"
 #include "agent/engine/step_validation.h"
@@ -59,16 +59,6 @@ Status CublasStatus(const cuda::CublasApi& blas, cublasStatus_t status, const ch
 // Decode graphs are captured for these batch sizes (the smallest bucket ≥ the batch is used).
 constexpr int kGraphBuckets[] = {1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256};
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
-
-std::string UuidString(const cudaUUID_t& uuid) {
-  const auto* b = reinterpret_cast<const unsigned char*>(uuid.bytes);
-  char text[64];
-  std::snprintf(text, sizeof(text),
-                "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-                b[14], b[15]);
-  return text;
-}
 
 size_t AlignUp(size_t n) { return (n + 255) / 256 * 256; }
 
@@ -143,7 +133,7 @@ class CudaBackend final : public Backend {
     num_sms_ = prop.multiProcessorCount;
     device_name_ = prop.name;
     region_.device = options_.device;
-    region_.device_uuid = UuidString(prop.uuid);
+    region_.device_uuid = cuda::GpuUuidString(prop.uuid);
     max_model_len_ = options_.max_model_len > 0 ? options_.max_model_len
                                                 : std::min(c.max_position_embeddings, 32768);
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));

@@ -7,18 +7,12 @@
 
 #include "agent/engine/cuda/cuda_check.h"
 #include "agent/engine/cuda/kernels.h"
+#include "agent/engine/cuda/splitmix.cuh"
 
 namespace pdpool::agent::cuda {
 namespace {
 
 constexpr int kRowThreads = 256;
-
-__device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
-  uint64_t z = x + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // Same arithmetic as DummyWeights (agent/model/weights.cc), in IEEE double, then float, bf16.
 __global__ void DummyInitKernel(bf16* out, int64_t n, uint64_t stream_id, double bound,

@@ -13,82 +13,49 @@
 
 #include "agent/engine/cuda/cuda_check.h"
 #include "agent/engine/cuda/kernels.h"
+#include "agent/engine/cuda/splitmix.cuh"
 
 namespace pdpool::agent::cuda {
 namespace {
 
 constexpr int kThreads = 1024;
 
-__device__ __forceinline__ uint64_t Mix64(uint64_t x) {
-  uint64_t z = x + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 // agent/engine/sampling.cc's SampleUniform.
 __device__ __forceinline__ double Uniform(uint64_t seed, int32_t sample_index) {
   const uint64_t index = static_cast<uint64_t>(static_cast<uint32_t>(sample_index));
-  const uint64_t h = Mix64(seed ^ (index * 0x9E3779B97F4A7C15ull));
+  const uint64_t h = SplitMix64(seed ^ (index * 0x9E3779B97F4A7C15ull));
   return static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0);
 }
 
 // Sum of one value per thread in thread order (fixed: the same bits every run).
-__device__ float BlockSumOrdered(float v, float* scratch) {
+template <typename T>
+__device__ T BlockSum(T v, T* scratch) {
   scratch[threadIdx.x] = v;
   __syncthreads();
   for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
     if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
     __syncthreads();
   }
-  const float total = scratch[0];
-  __syncthreads();
-  return total;
-}
-
-__device__ int BlockSumInt(int v, int* scratch) {
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const int total = scratch[0];
+  const T total = scratch[0];
   __syncthreads();
   return total;
 }
 
 // Exclusive prefix (in thread order) of one value per thread.
-__device__ float BlockExclusiveScan(float v, float* scratch) {
+template <typename T>
+__device__ T BlockExclusiveScan(T v, T* scratch) {
   scratch[threadIdx.x] = v;
   __syncthreads();
   if (threadIdx.x == 0) {
-    float running = 0.0f;
+    T running = 0;
     for (int i = 0; i < kThreads; ++i) {
-      const float x = scratch[i];
+      const T x = scratch[i];
       scratch[i] = running;
       running += x;
     }
   }
   __syncthreads();
-  const float prefix = scratch[threadIdx.x];
-  __syncthreads();
-  return prefix;
-}
-
-__device__ int BlockExclusiveScanInt(int v, int* scratch) {
-  scratch[threadIdx.x] = v;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int running = 0;
-    for (int i = 0; i < kThreads; ++i) {
-      const int x = scratch[i];
-      scratch[i] = running;
-      running += x;
-    }
-  }
-  __syncthreads();
-  const int prefix = scratch[threadIdx.x];
+  const T prefix = scratch[threadIdx.x];
   __syncthreads();
   return prefix;
 }
@@ -155,7 +122,7 @@ __global__ void __launch_bounds__(kThreads)
     w[i] = weight;
     local += weight;
   }
-  const float total = BlockSumOrdered(local, fscratch);
+  const float total = BlockSum(local, fscratch);
 
   // The nucleus: threshold τ and how many ties at τ it keeps.
   float tau = 0.0f;
@@ -168,7 +135,7 @@ __global__ void __launch_bounds__(kThreads)
       const float t = __uint_as_float(mid);
       float mass = 0.0f;
       for (int i = lo; i < hi; ++i) mass += w[i] >= t ? w[i] : 0.0f;
-      if (BlockSumOrdered(mass, fscratch) >= need) {
+      if (BlockSum(mass, fscratch) >= need) {
         lo_bits = mid;
       } else {
         hi_bits = mid;
@@ -182,8 +149,8 @@ __global__ void __launch_bounds__(kThreads)
         above += w[i] > tau ? w[i] : 0.0f;
         ties += w[i] == tau ? 1 : 0;
       }
-      const float mass_above = BlockSumOrdered(above, fscratch);
-      const int all_ties = BlockSumInt(ties, iscratch);
+      const float mass_above = BlockSum(above, fscratch);
+      const int all_ties = BlockSum(ties, iscratch);
       ties_kept = static_cast<int>(ceilf((need - mass_above) / tau));
       ties_kept = max(1, min(all_ties, ties_kept));
     }
@@ -193,7 +160,7 @@ __global__ void __launch_bounds__(kThreads)
   if (tau > 0.0f) {
     for (int i = lo; i < hi; ++i) my_ties += w[i] == tau ? 1 : 0;
   }
-  const int tie_prefix = BlockExclusiveScanInt(my_ties, iscratch);
+  const int tie_prefix = BlockExclusiveScan(my_ties, iscratch);
   float kept_local = 0.0f;
   int last_kept = -1;
   {
@@ -209,7 +176,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   const float kept_prefix = BlockExclusiveScan(kept_local, fscratch);
-  const float kept_total = BlockSumOrdered(kept_local, fscratch);
+  const float kept_total = BlockSum(kept_local, fscratch);
   const float target = static_cast<float>(Uniform(p.seed, p.sample_index)) * kept_total;
   __shared__ int chosen;
   if (tid == 0) chosen = -1;
