@@ -198,6 +198,37 @@ TEST_F(CudaBackendTest, GraphReplayEqualsEagerAndPaddingIsInvisible) {
   }
 }
 
+// A decode graph samples every row of its bucket; a row the batch does not sample (a one-token
+// prompt chunk that is not the last) must still get no token, whichever batch captured it.
+TEST_F(CudaBackendTest, UnsampledRowOfAGraphBatchGetsNoToken) {
+  std::mt19937_64 rng(FreshSeed());
+  const ModelConfig c = SmallConfig();
+  auto graphs = Gpu(c, true);
+  auto eager = Gpu(c, false);
+  ASSERT_TRUE(graphs && eager);
+  StepBatch prefill;
+  for (int i = 0; i < 3; ++i) {
+    prefill.sequences.push_back(Seq(i, RandomTokens(rng, 20 + i, c.vocab_size), 0, i));
+  }
+  auto first = eager->Step(prefill);
+  ASSERT_TRUE(first.ok() && graphs->Step(prefill).ok());
+  StepBatch decode = prefill;
+  for (size_t i = 0; i < decode.sequences.size(); ++i) {
+    decode.sequences[i].start_position = static_cast<int>(prefill.sequences[i].tokens.size());
+    decode.sequences[i].tokens = {first->next_tokens[i]};
+  }
+  for (bool capture_with_all_sampled : {true, false}) {
+    StepBatch b = decode;
+    if (!capture_with_all_sampled) b.sequences[1].sample = false;
+    auto g = graphs->Step(b);
+    auto e = eager->Step(b);
+    ASSERT_TRUE(g.ok()) << g.status().ToString();
+    ASSERT_TRUE(e.ok()) << e.status().ToString();
+    EXPECT_EQ(g->next_tokens, e->next_tokens);
+    EXPECT_EQ(g->next_tokens[1], capture_with_all_sampled ? e->next_tokens[1] : -1);
+  }
+}
+
 TEST_F(CudaBackendTest, ExportedKvImportedIntoAnotherBackendContinuesTheSequence) {
   std::mt19937_64 rng(FreshSeed());
   const ModelConfig c = SmallConfig();

@@ -88,7 +88,7 @@ struct StepPlan {
   int num_samples = 0;
   int num_splits = 1;
   int block_table_entries = 0;
-  std::vector<int> sample_sequence;  // batch index of each sampled row
+  std::vector<int> sample_sequence;  // batch index of each sampled row; -1: padding, dropped
 };
 
 class CudaBackend final : public Backend {
@@ -116,7 +116,10 @@ class CudaBackend final : public Backend {
           "cuda backend: max_batched_tokens and max_sequences must be positive");
     }
     int devices = 0;
-    PDPOOL_CUDA_RETURN_IF_ERROR(cudaGetDeviceCount(&devices));
+    if (const cudaError_t e = cudaGetDeviceCount(&devices); e != cudaSuccess) {
+      return Status::Unavailable(std::string("cuda backend: no usable NVIDIA GPU here (") +
+                                 cudaGetErrorName(e) + ": " + cudaGetErrorString(e) + ")");
+    }
     if (options_.device < 0 || options_.device >= devices) {
       return Status::InvalidArgument("cuda backend: device " + std::to_string(options_.device) +
                                      " does not exist (" + std::to_string(devices) + " visible)");
@@ -168,9 +171,10 @@ class CudaBackend final : public Backend {
     if (!plan.ok()) return plan.status();
     if (Status s = RunStep(&*plan); !s.ok()) return s;
     const auto* tokens = Host<int32_t>(arrays_.next_tokens);
-    for (int j = 0; j < static_cast<int>(plan->sample_sequence.size()); ++j) {
-      result.next_tokens[static_cast<size_t>(plan->sample_sequence[static_cast<size_t>(j)])] =
-          tokens[j];
+    for (size_t j = 0; j < plan->sample_sequence.size(); ++j) {
+      if (plan->sample_sequence[j] >= 0) {
+        result.next_tokens[static_cast<size_t>(plan->sample_sequence[j])] = tokens[j];
+      }
     }
     if (batch.want_logits) {
       const ModelConfig& c = options_.model;
@@ -179,6 +183,7 @@ class CudaBackend final : public Backend {
       PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpy(host.data(), logits_.get(),
                                              host.size() * sizeof(float), cudaMemcpyDeviceToHost));
       for (size_t j = 0; j < plan->sample_sequence.size(); ++j) {
+        if (plan->sample_sequence[j] < 0) continue;
         result.logits[static_cast<size_t>(plan->sample_sequence[j])].assign(
             host.begin() + static_cast<int64_t>(j) * c.vocab_size,
             host.begin() + static_cast<int64_t>(j + 1) * c.vocab_size);
@@ -531,12 +536,16 @@ class CudaBackend final : public Backend {
       } else {
         for (int t0 = 0; t0 < n; t0 += cuda::kPrefillTileRows) tiles[plan.num_tiles++] = {i, t0};
       }
-      if (seq.sample) {
+      // A graph samples every row (its shape is fixed at capture); a row the batch did not ask
+      // for is sampled greedily and dropped (sample_sequence -1).
+      if (seq.sample || use_graph_) {
         sample_rows[plan.num_samples] = row + n - 1;
-        params[plan.num_samples] = cuda::SampleRowParams{
-            static_cast<float>(seq.sampling.temperature), static_cast<float>(seq.sampling.top_p),
-            seq.sampling.seed, seq.sample_index, 0};
-        plan.sample_sequence.push_back(i);
+        params[plan.num_samples] =
+            seq.sample ? cuda::SampleRowParams{static_cast<float>(seq.sampling.temperature),
+                                               static_cast<float>(seq.sampling.top_p),
+                                               seq.sampling.seed, seq.sample_index, 0}
+                       : cuda::SampleRowParams{};
+        plan.sample_sequence.push_back(seq.sample ? i : -1);
         ++plan.num_samples;
       }
       row += n;
@@ -553,6 +562,7 @@ class CudaBackend final : public Backend {
         decode[plan.num_decode++] = i;
         sample_rows[plan.num_samples] = row;
         params[plan.num_samples] = cuda::SampleRowParams{};
+        plan.sample_sequence.push_back(-1);
         ++plan.num_samples;
         ++row;
       }
