@@ -88,16 +88,6 @@ Json CaseJson(const EngineCase& c) {
 
 Json OptionalNumber(std::optional<double> v) { return v ? Json(*v) : Json(nullptr); }
 
-Json CalibrationJson(const agent::GpuCalibration& c) {
-  return Json{{"matmul_efficiency", c.matmul_efficiency},
-              {"hbm_efficiency", c.hbm_efficiency},
-              {"attention_efficiency", c.attention_efficiency},
-              {"nvlink_efficiency", c.nvlink_efficiency},
-              {"step_overhead_us", c.step_overhead_us},
-              {"per_sequence_overhead_us", c.per_sequence_overhead_us},
-              {"tp_allreduce_latency_us", c.tp_allreduce_latency_us}};
-}
-
 }  // namespace
 
 std::string EngineCase::Name() const {
@@ -481,6 +471,16 @@ Status WriteFileAtomically(const std::string& path, const std::string& text) {
   std::filesystem::rename(tmp, path, ec);
   if (ec) return Status::InvalidArgument(path + ": rename failed: " + ec.message());
   return Status::Ok();
+}
+
+Json CalibrationJson(const agent::GpuCalibration& c) {
+  return Json{{"matmul_efficiency", c.matmul_efficiency},
+              {"hbm_efficiency", c.hbm_efficiency},
+              {"attention_efficiency", c.attention_efficiency},
+              {"nvlink_efficiency", c.nvlink_efficiency},
+              {"step_overhead_us", c.step_overhead_us},
+              {"per_sequence_overhead_us", c.per_sequence_overhead_us},
+              {"tp_allreduce_latency_us", c.tp_allreduce_latency_us}};
 }
 
 }  // namespace pdpool::bench::engine

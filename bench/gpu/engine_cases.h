@@ -141,6 +141,8 @@ struct Report {
 // floor_ms, floor_fraction, target_fraction, target_met, sim_ms, peer_ms, peer_floor_fraction,
 // ratio_vs_peer (pdpool ms / peer ms).
 Json ReportToJson(const Report& report);
+// A GPU's calibration entry as calibration.json writes it.
+Json CalibrationJson(const agent::GpuCalibration& c);
 // The table: ceilings, then one line per case, then footnotes on what was counted.
 std::string RenderTable(const Report& report);
 

@@ -51,16 +51,6 @@ StatusOr<agent::PerfModel> MakeModel(const std::string& preset, const std::strin
   return agent::PerfModel::Create(*model, *spec, calibration.For(spec->name), 1);
 }
 
-Json CalibrationFields(const agent::GpuCalibration& c) {
-  return Json{{"matmul_efficiency", c.matmul_efficiency},
-              {"hbm_efficiency", c.hbm_efficiency},
-              {"attention_efficiency", c.attention_efficiency},
-              {"nvlink_efficiency", c.nvlink_efficiency},
-              {"step_overhead_us", c.step_overhead_us},
-              {"per_sequence_overhead_us", c.per_sequence_overhead_us},
-              {"tp_allreduce_latency_us", c.tp_allreduce_latency_us}};
-}
-
 int Synthesize(const Options& opt, const agent::Calibration& calibration) {
   if (opt.gpu.empty()) return Fail("--gpu is required without --bench-json");
   auto perf = MakeModel(opt.preset, opt.gpu, calibration);
@@ -136,7 +126,7 @@ int Predict(const Options& opt, const agent::Calibration& calibration) {
                     : "-",
                 ms);
   }
-  doc["sim_calibration"] = CalibrationFields(perf->calibration());
+  doc["sim_calibration"] = CalibrationJson(perf->calibration());
   if (!opt.json_path.empty()) {
     if (Status s = WriteFileAtomically(opt.json_path, doc.dump(1) + "\n"); !s.ok()) {
       return Fail(s.message());
