@@ -99,6 +99,21 @@ for b in "$BUNDLE"/bin/*; do
     fi
   done
 done
+# cuBLAS and NCCL are dlopen'ed (ldd does not list them): make sure the loader finds them.
+for lib in libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
+  on_path=""
+  for d in ${LD_LIBRARY_PATH//:/ }; do [ -e "$d/$lib" ] && on_path=1 && break; done
+  [ -n "$on_path" ] && continue
+  ldconfig -p 2>/dev/null | grep -q "$lib" && continue
+  found=$(find "$SITE/nvidia" /usr/local/cuda* -name "$lib" 2>/dev/null | head -1)
+  if [ -n "$found" ]; then
+    LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$found")"
+    echo "library $lib (loaded at run time): $(dirname "$found")"
+  else
+    echo "library $lib (loaded at run time): not found; its tests will fail naming it"
+  fi
+done
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 if ldd "$BUNDLE"/bin/* 2>&1 | grep -q "version .GLIBCXX\|version .GCC\|version .CXXABI"; then
   export LD_LIBRARY_PATH="$BUNDLE/lib-fallback:$LD_LIBRARY_PATH"
   echo "the C++ runtime here is older than the build machine's: using $BUNDLE/lib-fallback"

@@ -18,13 +18,18 @@
 #include "agent/engine/cuda/kv_cache_layout.h"
 #include "agent/engine/sampling.h"
 #include "tests/gpu/gpu_test_support.h"
+#include "tests/gpu/paged_attention_case.h"
 
 namespace pdpool::agent::cuda {
 namespace {
 
 using ::pdpool::testing::FreshSeed;
+using ::pdpool::testing::MakeCase;
+using ::pdpool::testing::PagedCase;
+using ::pdpool::testing::Reference;
 using ::pdpool::testing::RelativeError;
 using ::pdpool::testing::RoundBf16;
+using ::pdpool::testing::ToFloat;
 
 #define ASSERT_CUDA(call) \
   ASSERT_EQ((call), cudaSuccess) << #call << ": " << cudaGetErrorString(cudaGetLastError())
@@ -50,93 +55,6 @@ struct Device {
   }
   void Poison() { cudaMemset(ptr, 0xFF, n * sizeof(T)); }  // bf16 0xFFFF and fp32 0xFFFFFFFF: NaN
 };
-
-std::vector<float> ToFloat(const std::vector<bf16>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
-  return out;
-}
-
-std::vector<bf16> RandomBf16(size_t n, std::mt19937_64& rng, float scale) {
-  std::uniform_real_distribution<float> u(-scale, scale);
-  std::vector<bf16> v(n);
-  for (auto& x : v) x = __float2bfloat16(u(rng));
-  return v;
-}
-
-// A random paged cache of one layer and sequences over random, distinct blocks.
-struct PagedCase {
-  KvCacheGeometry g;
-  int num_heads = 0;
-  std::vector<bf16> cache;  // one layer's view (block stride of a 1-layer cache)
-  std::vector<SeqMeta> meta;
-  std::vector<int32_t> tables;
-  std::vector<bf16> q;  // [rows, num_heads · head_dim]
-  int rows = 0;
-};
-
-PagedCase MakeCase(std::mt19937_64& rng, int head_dim, int kv_heads, int group,
-                   const std::vector<std::pair<int, int>>& seqs /* (context before, new) */) {
-  PagedCase c;
-  c.num_heads = kv_heads * group;
-  int total_blocks = 0;
-  for (auto [before, fresh] : seqs) total_blocks += (before + fresh + 15) / 16;
-  c.g = MakeKvCacheGeometry(1, kv_heads, head_dim, 16);
-  const int num_blocks = total_blocks + 3;
-  c.cache = RandomBf16(static_cast<size_t>(c.g.block_stride * num_blocks), rng, 1.0f);
-  std::vector<int32_t> free_blocks(static_cast<size_t>(num_blocks));
-  std::iota(free_blocks.begin(), free_blocks.end(), 0);
-  std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
-  size_t next = 0;
-  for (auto [before, fresh] : seqs) {
-    const int context = before + fresh;
-    c.meta.push_back(SeqMeta{c.rows, fresh, context, static_cast<int32_t>(c.tables.size())});
-    for (int b = 0; b < (context + 15) / 16; ++b) c.tables.push_back(free_blocks[next++]);
-    c.rows += fresh;
-  }
-  c.q = RandomBf16(static_cast<size_t>(c.rows) * c.num_heads * head_dim, rng, 1.0f);
-  return c;
-}
-
-// float64 causal attention of every new row of every sequence.
-std::vector<float> Reference(const PagedCase& c) {
-  const int hd = c.g.head_dim, group = c.num_heads / c.g.num_kv_heads;
-  std::vector<float> out(static_cast<size_t>(c.rows) * c.num_heads * hd, 0.0f);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  for (const SeqMeta& m : c.meta) {
-    for (int r = 0; r < m.num_new; ++r) {
-      const int pos = m.context_len - m.num_new + r;
-      for (int h = 0; h < c.num_heads; ++h) {
-        const int kvh = h / group;
-        const bf16* q = c.q.data() + (int64_t{m.q_start + r} * c.num_heads + h) * hd;
-        std::vector<double> scores(static_cast<size_t>(pos + 1));
-        double max = -INFINITY;
-        for (int t = 0; t <= pos; ++t) {
-          const int64_t slot =
-              int64_t{c.tables[static_cast<size_t>(m.block_table_offset + t / 16)]} * 16 + t % 16;
-          const bf16* k = c.cache.data() + c.g.Offset(0, kvh, slot);
-          double s = 0;
-          for (int d = 0; d < hd; ++d) s += double{__bfloat162float(q[d])} * __bfloat162float(k[d]);
-          scores[static_cast<size_t>(t)] = s * scale;
-          max = std::max(max, s * scale);
-        }
-        double sum = 0;
-        std::vector<double> acc(static_cast<size_t>(hd), 0.0);
-        for (int t = 0; t <= pos; ++t) {
-          const double p = std::exp(scores[static_cast<size_t>(t)] - max);
-          sum += p;
-          const int64_t slot =
-              int64_t{c.tables[static_cast<size_t>(m.block_table_offset + t / 16)]} * 16 + t % 16;
-          const bf16* v = c.cache.data() + c.g.Offset(1, kvh, slot);
-          for (int d = 0; d < hd; ++d) acc[static_cast<size_t>(d)] += p * __bfloat162float(v[d]);
-        }
-        float* o = out.data() + (int64_t{m.q_start + r} * c.num_heads + h) * hd;
-        for (int d = 0; d < hd; ++d) o[d] = static_cast<float>(acc[static_cast<size_t>(d)] / sum);
-      }
-    }
-  }
-  return out;
-}
 
 class AttentionKernelTest : public ::testing::TestWithParam<std::tuple<int, int>> {
  protected:
@@ -318,6 +236,41 @@ TEST_F(SamplingKernelTest, TopPDrawsFollowTheNucleusDistribution) {
     const double expect = draws * p[static_cast<size_t>(i)] / kept_mass;
     const double sd = std::sqrt(expect * (1 - p[static_cast<size_t>(i)] / kept_mass));
     EXPECT_NEAR(counts[static_cast<size_t>(i)], expect, 5 * sd + 1) << "token " << i;
+  }
+}
+
+// The walk inside one thread's range can stall: weights below half an ulp of the running sum
+// are absorbed, so the sum never passes a target that lies in the range. Token 0 has weight 1;
+// the second thread's range (tokens 126..251 of 1024 threads × 126) holds 126 weights of
+// 0.45 · 2⁻²³ each, which vanish when added to 1.0; token vocab − 1 has the same tiny weight.
+// For a draw that lands in that range the kernel must return a token of that range, not the
+// last kept token of the vocabulary. The draw is found on the host with the same
+// counter-based uniform.
+TEST_F(SamplingKernelTest, ADrawInARangeOfAbsorbedWeightsStaysInThatRange) {
+  const int vocab = 128256;
+  const float tiny = std::log(0.45f * std::ldexp(1.0f, -23));
+  std::vector<float> row(static_cast<size_t>(vocab), -INFINITY);
+  row[0] = 0.0f;
+  for (int i = 126; i < 252; ++i) row[static_cast<size_t>(i)] = tiny;
+  row[static_cast<size_t>(vocab - 1)] = tiny;
+  const double w = std::exp(static_cast<double>(tiny));
+  const double range_begin = 1.0, range_end = 1.0 + 126 * w, total = range_end + w;
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::vector<float> logits;
+  std::vector<SampleRowParams> params;
+  for (int32_t index = 0; index < 20'000'000 && params.size() < 4; ++index) {
+    const double target = SampleUniform(seed, index) * total;
+    // Well inside the range, away from float rounding at its ends.
+    if (target > range_begin + 8 * w && target < range_end - 8 * w) {
+      logits.insert(logits.end(), row.begin(), row.end());
+      params.push_back(SampleRowParams{1.0f, 1.0f, seed, index, 0});
+    }
+  }
+  ASSERT_FALSE(params.empty()) << "no draw landed in the range; try another seed";
+  for (int32_t token : Sample(logits, vocab, params)) {
+    EXPECT_GE(token, 126);
+    EXPECT_LT(token, 252);
   }
 }
 

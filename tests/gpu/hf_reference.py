@@ -19,7 +19,7 @@ tie there cannot be resolved at bf16 precision: the test reports such steps inst
 
 Weights are not HF's default init (normal, std 0.02): with it attention is nearly uniform and a
 wrong RoPE or mask would hardly change the logits. Here q/k projections make attention scores
-of standard deviation ~3, other projections are scaled by 1/sqrt(fan_in), norms are random
+of standard deviation ~1.3, other projections are scaled by 1/sqrt(fan_in), norms are random
 around 1 (a missing norm weight shows), embeddings are standard normal.
 
 Usage: python3 tests/gpu/hf_reference.py --out DIR   (needs torch and transformers: present on
@@ -102,7 +102,11 @@ def init_weights(model, torch, gen):
             elif "embed_tokens" in name:
                 p.copy_(torch.randn(p.shape, generator=gen))
             elif "q_proj" in name or "k_proj" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.08)
+                # 0.05 · √hidden ≈ 1.1 per q/k element: scores of standard deviation ~1.3,
+                # sharp enough that RoPE and the mask matter, mild enough that bf16
+                # activations stay within 1e-2 of float64 (0.5–0.7 % in a numpy emulation
+                # of the cuda backend's rounding points; 0.08 gave 1.0–1.7 %).
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
             else:  # v, o, gate, up, down, lm_head: [out, in]
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[1]))
 
@@ -179,8 +183,22 @@ def main():
         print(f"hf_reference: config.json lacked {patched} (transformers "
               f"{transformers.__version__} writes rope_parameters); added them for pdpool")
 
-    # Reference: the same bf16 weights, upcast exactly, computed in float64 on the CPU.
+    # Reference: the same bf16 weights, upcast exactly, computed in float64 on the CPU. The cast
+    # to bf16 also rounded the RoPE frequency buffers (up to 3e-3 relative, 0.2 rad at position
+    # 300); put the exact ones back, as pdpool computes them in double.
     ref = model.to(device="cpu", dtype=torch.float64).eval()
+    exact = torch.tensor(llama3_inv_freq(SHAPE["head_dim"], ROPE_THETA, ROPE_SCALING),
+                         dtype=torch.float64)
+    for module in ref.modules():
+        if isinstance(getattr(module, "inv_freq", None), torch.Tensor):
+            module.inv_freq = exact.clone()
+            if isinstance(getattr(module, "original_inv_freq", None), torch.Tensor):
+                module.original_inv_freq = exact.clone()
+    err = rope_frequency_error(ref)
+    if err is not None and err > 1e-12:
+        print(f"hf_reference: the float64 reference's RoPE frequencies are off by {err:.3g}",
+              file=sys.stderr)
+        return 1
 
     prompts = []
     with torch.no_grad():

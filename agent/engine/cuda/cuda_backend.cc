@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,6 +28,7 @@
 #include "agent/engine/cuda/kv_cache_layout.h"
 #include "agent/engine/step_validation.h"
 #include "agent/model/rope.h"
+#include "common/log.h"
 
 namespace pdpool::agent {
 namespace {
@@ -139,6 +141,9 @@ class CudaBackend final : public Backend {
     region_.device_uuid = cuda::GpuUuidString(prop.uuid);
     max_model_len_ = options_.max_model_len > 0 ? options_.max_model_len
                                                 : std::min(c.max_position_embeddings, 32768);
+    auto occupancy = cuda::DecodeAttentionBlocksPerSm(c.head_dim);
+    if (!occupancy.ok()) return occupancy.status();
+    decode_blocks_per_sm_ = *occupancy;
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     auto blas = cuda::LoadCublas();
     if (!blas.ok()) return Status(blas.status().code(), "cuda backend: " + blas.status().message());
@@ -362,11 +367,12 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
 
-  // Splits of the decode attention for a batch of `seqs` sequences: enough blocks to fill the
-  // GPU about four times over, at least one split per 64 context tokens' worth of work.
+  // Splits of the decode attention for a batch of `seqs` sequences: enough blocks for about two
+  // full waves of the GPU (every SM holding decode_blocks_per_sm_ of them), at most 64.
   int DecodeSplits(int seqs) const {
     const int blocks = seqs * options_.model.num_kv_heads;
-    return std::clamp((4 * num_sms_ + blocks - 1) / blocks, 1, 64);
+    const int wanted = 2 * decode_blocks_per_sm_ * num_sms_;
+    return std::clamp((wanted + blocks - 1) / blocks, 1, 64);
   }
 
   Status AllocateActivations() {
@@ -680,16 +686,24 @@ class CudaBackend final : public Backend {
 
   Status RunStep(StepPlan* plan) {
     PDPOOL_RETURN_IF_NOT_OK(Upload(*plan));
-    if (use_graph_) {
-      auto it = graphs_.find(plan->num_seqs);
-      if (it == graphs_.end()) {
-        auto exec = CaptureDecodeGraph(*plan);
-        if (!exec.ok()) return exec.status();
-        it = graphs_.emplace(plan->num_seqs, *exec).first;
-      }
-      PDPOOL_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, stream_));
+    const auto graph = use_graph_ ? graphs_.find(plan->num_seqs) : graphs_.end();
+    if (graph != graphs_.end()) {
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(graph->second, stream_));
     } else {
+      // A bucket's first step runs eagerly (which also loads its kernels and warms cuBLAS
+      // outside any capture); its graph is captured afterwards for the next steps. A bucket
+      // that cannot be captured stays eager, which is slower but correct.
       PDPOOL_RETURN_IF_NOT_OK(Forward(*plan));
+      if (use_graph_ && !eager_buckets_.contains(plan->num_seqs)) {
+        auto exec = CaptureDecodeGraph(*plan);
+        if (exec.ok()) {
+          graphs_.emplace(plan->num_seqs, *exec);
+        } else {
+          eager_buckets_.insert(plan->num_seqs);
+          LogWarn("cuda backend: decode graph capture failed; this batch size runs without one",
+                  {{"batch_bucket", plan->num_seqs}, {"error", exec.status().ToString()}});
+        }
+      }
     }
     if (plan->num_samples > 0) {
       PDPOOL_CUDA_RETURN_IF_ERROR(
@@ -705,6 +719,7 @@ class CudaBackend final : public Backend {
   CudaBackendOptions options_;
   std::string device_name_;
   int num_sms_ = 0;
+  int decode_blocks_per_sm_ = 1;  // the decode attention kernel's occupancy
   int max_model_len_ = 0;
   cudaStream_t stream_ = nullptr;
   const cuda::CublasApi* blas_ = nullptr;  // loaded at run time (cuda_libraries.h)
@@ -727,6 +742,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer step_arrays_;
   bool use_graph_ = false;
   std::map<int, cudaGraphExec_t> graphs_;  // by padded batch size
+  std::set<int> eager_buckets_;            // padded batch sizes whose capture failed
 
   cuda::KvCacheGeometry geometry_;
   DeviceBuffer kv_cache_;

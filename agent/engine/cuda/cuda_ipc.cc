@@ -83,12 +83,13 @@ class CudaIpc final : public KvIpc {
 
   StatusOr<std::string> Export(const DeviceKvRegion& region) override {
     std::lock_guard lock(mu_);
-    if (auto it = exported_.find(region.base); it != exported_.end()) return it->second;
+    // Asked every time (it is cheap): a freed and reallocated region at the same address has a
+    // new handle, and peers must not be given the old one.
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(region.device));
     cudaIpcMemHandle_t handle;
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaIpcGetMemHandle(&handle, reinterpret_cast<void*>(region.base)));
     const std::string hex = ToHex(handle);
-    exported_[region.base] = hex;
+    if (own_.contains(hex)) return hex;
     auto own = std::make_shared<Mapping>();
     own->base = reinterpret_cast<void*>(region.base);
     own->device = region.device;
@@ -173,7 +174,10 @@ class CudaIpc final : public KvIpc {
   void GiveBack(const Lane& lane, bool healthy) {
     if (!healthy) {
       // After a failed copy the stream may hold an error: start the next one on a fresh lane.
+      // Copies enqueued before the failure finish first, so the peer's memory is not unmapped
+      // under them.
       (void)cudaSetDevice(lane.device);
+      (void)cudaStreamSynchronize(lane.stream);
       (void)cudaEventDestroy(lane.event);
       (void)cudaStreamDestroy(lane.stream);
       return;
@@ -196,7 +200,6 @@ class CudaIpc final : public KvIpc {
   }
 
   std::mutex mu_;
-  std::unordered_map<uintptr_t, std::string> exported_;            // region base → handle
   std::unordered_map<std::string, std::shared_ptr<Mapping>> own_;  // handle → own region
   std::unordered_map<std::string, OpenHandle> open_;               // peer handle → mapping
   std::list<std::string> lru_;                                     // most recent first

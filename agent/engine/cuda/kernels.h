@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "agent/engine/cuda/kv_cache_layout.h"
@@ -36,6 +37,10 @@ struct SampleRowParams {
 
 // Which (head_dim, group) shapes the attention kernels run; the error names the limit.
 Status CheckAttentionShape(int head_dim, int num_heads, int num_kv_heads);
+// The softmax scale 1/√head_dim times log2(e): the kernels take scores in log2 units (exp2).
+inline float AttentionScaleLog2(int head_dim) {
+  return 1.4426950408889634f / std::sqrt(static_cast<float>(head_dim));
+}
 
 // out[i] = bf16(DummyWeights' value i of the tensor with this stream, bound and center).
 Status LaunchDummyInit(bf16* out, int64_t n, uint64_t stream_id, double bound, double center,
@@ -62,18 +67,26 @@ Status LaunchRopeAndCacheWrite(const bf16* qkv, const int32_t* positions, const 
 Status LaunchSwiGlu(const bf16* gate_up, bf16* out, int n, int inter, cudaStream_t stream);
 
 // Paged decode attention (one new token per sequence), split along the context: grid
-// (num_splits, kv heads, num_seqs); each block reads its split of K and V once for all the
-// query heads of its KV head (GQA), then a combine pass merges the splits. q and out are
+// (num_splits, kv heads, num_seqs) of one-warp blocks; each block reads its split of K and V
+// once for all the query heads of its KV head (GQA, on tensor cores), then a combine pass
+// merges the splits. DecodeAttentionBlocksPerSm is how many such blocks one SM holds at once
+// (the occupancy), for choosing num_splits. q and out are
 // [rows, num_heads·head_dim]; seq_index lists the SeqMeta entries to run; partial is scratch of
 // DecodePartialFloats(num_seqs, num_heads, num_splits, head_dim) floats.
-int64_t DecodePartialFloats(int num_seqs, int num_heads, int num_splits, int head_dim);
+// A partial of one (seq, head, split): head_dim floats of weighted V, then the max, then the sum.
+PDPOOL_HOST_DEVICE constexpr int64_t DecodePartialStride(int head_dim) { return head_dim + 2; }
+inline int64_t DecodePartialFloats(int num_seqs, int num_heads, int num_splits, int head_dim) {
+  return int64_t{num_seqs} * num_heads * num_splits * DecodePartialStride(head_dim);
+}
+StatusOr<int> DecodeAttentionBlocksPerSm(int head_dim);
 Status LaunchDecodeAttention(const bf16* q, const SeqMeta* meta, const int32_t* seq_index,
                              int num_seqs, const int32_t* block_tables, const bf16* layer_cache,
                              const KvCacheGeometry& geometry, int num_heads, int num_splits,
                              float* partial, bf16* out, cudaStream_t stream);
 // Causal prefill attention over the paged cache (the new tokens' K/V already written), tiled
 // with an online softmax on tensor cores: no T×T matrix exists anywhere. tiles[i] = (SeqMeta
-// index, first new-token row of a 64-row query tile); grid (num_tiles, num_heads).
+// index, first new-token row of a 64-row query tile), at most 65535 tiles; grid (num_heads,
+// num_tiles), the last tile first.
 constexpr int kPrefillTileRows = 64;
 Status LaunchPrefillAttention(const bf16* q, const SeqMeta* meta, const int2* tiles, int num_tiles,
                               const int32_t* block_tables, const bf16* layer_cache,

@@ -44,6 +44,7 @@ class NcclCommunicator final : public KvCommunicator {
 
   Status Post(std::span<const DeviceSpan> sends, std::span<const DeviceSpan> recvs) override {
     if (comm_ == nullptr) return Status::Unavailable("the NCCL communicator was aborted");
+    posted_ = false;
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
     PDPOOL_NCCL_RETURN_IF_FAILED(Nccl().GroupStart());
     Status enqueued = Status::Ok();
@@ -74,11 +75,14 @@ class NcclCommunicator final : public KvCommunicator {
     Status s = AwaitComm(comm_, SteadyClock::now() + std::chrono::seconds(60), "ncclGroupEnd");
     if (!s.ok()) return s;
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventRecord(event_, stream_));
+    posted_ = true;
     return Status::Ok();
   }
 
   Status Wait(SteadyClock::time_point until) override {
     if (comm_ == nullptr) return Status::Unavailable("the NCCL communicator was aborted");
+    // An event never recorded reads as complete: a failed Post must not look like a transfer.
+    if (!posted_) return Status::Internal("no NCCL transfer was posted");
     for (int spins = 0;; ++spins) {
       const cudaError_t e = cudaEventQuery(event_);
       if (e == cudaSuccess) return Status::Ok();
@@ -121,6 +125,7 @@ class NcclCommunicator final : public KvCommunicator {
   int peer_;
   cudaStream_t stream_;
   cudaEvent_t event_;
+  bool posted_ = false;  // the last Post enqueued its transfers and recorded event_
 };
 
 class NcclCommunicatorFactory final : public KvCommunicatorFactory {

@@ -41,9 +41,16 @@ __device__ T BlockSum(T v, T* scratch) {
   return total;
 }
 
-// Exclusive prefix (in thread order) of one value per thread.
+// Exclusive prefix (in thread order) of one value per thread, and the total the prefixes add up
+// to: thread i's range [prefix, prefix + v) ends exactly where thread i + 1's begins, and the
+// last ends at the total. scratch holds kThreads + 1 values.
 template <typename T>
-__device__ T BlockExclusiveScan(T v, T* scratch) {
+struct Scan {
+  T prefix;
+  T total;
+};
+template <typename T>
+__device__ Scan<T> BlockExclusiveScan(T v, T* scratch) {
   scratch[threadIdx.x] = v;
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -53,19 +60,20 @@ __device__ T BlockExclusiveScan(T v, T* scratch) {
       scratch[i] = running;
       running += x;
     }
+    scratch[kThreads] = running;
   }
   __syncthreads();
-  const T prefix = scratch[threadIdx.x];
+  const Scan<T> scan{scratch[threadIdx.x], scratch[kThreads]};
   __syncthreads();
-  return prefix;
+  return scan;
 }
 
 // weights: scratch of one row (vocab floats) for exp((logit − max) / temperature).
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     SampleKernel(const float* __restrict__ logits, float* __restrict__ weights_all, int vocab,
                  const SampleRowParams* __restrict__ params, int32_t* __restrict__ tokens) {
-  __shared__ float fscratch[kThreads];
-  __shared__ int iscratch[kThreads];
+  __shared__ float fscratch[kThreads + 1];
+  __shared__ int iscratch[kThreads + 1];
   __shared__ float best_value_s[kThreads];
   __shared__ int best_index_s[kThreads];
   const int row = blockIdx.x, tid = threadIdx.x;
@@ -108,7 +116,7 @@ __global__ void __launch_bounds__(kThreads)
     if (tid == 0) tokens[row] = 0;
     return;
   }
-  if (!(p.temperature >= 1e-6f) || isinf(max_logit)) {
+  if (!(static_cast<double>(p.temperature) >= 1e-6) || isinf(max_logit)) {  // as the cpu
     if (tid == 0) tokens[row] = argmax;
     return;
   }
@@ -160,7 +168,7 @@ __global__ void __launch_bounds__(kThreads)
   if (tau > 0.0f) {
     for (int i = lo; i < hi; ++i) my_ties += w[i] == tau ? 1 : 0;
   }
-  const int tie_prefix = BlockExclusiveScan(my_ties, iscratch);
+  const int tie_prefix = BlockExclusiveScan(my_ties, iscratch).prefix;
   float kept_local = 0.0f;
   int last_kept = -1;
   {
@@ -175,8 +183,10 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  const float kept_prefix = BlockExclusiveScan(kept_local, fscratch);
-  const float kept_total = BlockSum(kept_local, fscratch);
+  // The ranges [kept_prefix, kept_prefix + kept_local) tile [0, kept_total) exactly, so exactly
+  // one thread claims a target below kept_total.
+  const Scan<float> kept_scan = BlockExclusiveScan(kept_local, fscratch);
+  const float kept_prefix = kept_scan.prefix, kept_total = kept_scan.total;
   const float target = static_cast<float>(Uniform(p.seed, p.sample_index)) * kept_total;
   __shared__ int chosen;
   if (tid == 0) chosen = -1;
@@ -184,17 +194,19 @@ __global__ void __launch_bounds__(kThreads)
   if (target >= kept_prefix && target < kept_prefix + kept_local) {
     float cum = kept_prefix;
     int tie_rank = tie_prefix;
+    int pick = -1;
     for (int i = lo; i < hi; ++i) {
       const float weight = w[i];
       bool kept = weight > tau;
       if (tau > 0.0f && weight == tau) kept = tie_rank++ < ties_kept;
       if (!kept || weight <= 0.0f) continue;
+      pick = i;
       cum += weight;
-      if (cum > target) {
-        atomicMax(&chosen, i);  // one thread's range holds the target
-        break;
-      }
+      if (cum > target) break;
     }
+    // A walk that rounding stalled short of the target (small weights absorbed by a large cum)
+    // ends on this range's last kept id, never outside the range.
+    atomicMax(&chosen, pick);
   }
   // Rounding left the target at the very top: the last kept id, as the CPU does.
   best_index_s[tid] = last_kept;

@@ -1,0 +1,1250 @@
+// The block scheduler (fibers), the warp collectives and the cp.async / ldmatrix / mma emulation.
+// See warp_emulator.h for the semantics.
+#include "tests/cuda_emulation/warp_emulator.h"
+
+#include <pthread.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cinttypes>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define PDPOOL_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PDPOOL_EMU_ASAN 1
+#endif
+#endif
+#ifdef PDPOOL_EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+// The built-in variables.
+uint3 threadIdx{0, 0, 0};
+uint3 blockIdx{0, 0, 0};
+dim3 blockDim;
+dim3 gridDim;
+
+// Context switching. glibc's swapcontext saves and restores the signal mask with a system call on
+// every switch (over a microsecond here), and a kernel switches threads at every warp collective,
+// so on x86-64 a few instructions of assembly switch stacks instead (callee-saved registers, the
+// SSE and x87 control words; the System V ABI makes everything else caller-saved). Elsewhere, or
+// with -DPDPOOL_CUDA_EMULATION_UCONTEXT, makecontext/swapcontext do it.
+#if defined(__x86_64__) && !defined(PDPOOL_CUDA_EMULATION_UCONTEXT)
+#define PDPOOL_EMU_ASM_SWITCH 1
+extern "C" void pdpool_emu_switch(void** save_sp, void* load_sp);
+extern "C" void pdpool_emu_trampoline();
+asm(R"(
+  .pushsection .text
+  .globl pdpool_emu_switch
+  .hidden pdpool_emu_switch
+  .type pdpool_emu_switch, @function
+  .p2align 4
+pdpool_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size pdpool_emu_switch, .-pdpool_emu_switch
+
+  .globl pdpool_emu_trampoline
+  .hidden pdpool_emu_trampoline
+  .type pdpool_emu_trampoline, @function
+  .p2align 4
+pdpool_emu_trampoline:
+  .cfi_startproc
+  .cfi_undefined rip
+  movq %r12, %rdi
+  callq *%r13
+  ud2
+  .cfi_endproc
+  .size pdpool_emu_trampoline, .-pdpool_emu_trampoline
+  .popsection
+)");
+#endif
+
+namespace pdpool::cuda_emulation {
+namespace {
+
+using detail::WarpOp;
+
+constexpr int kWarpSize = 32;
+constexpr size_t kDefaultStackBytes = 256 * 1024;
+// Below each stack; large, so that a big stack frame cannot jump over it into another stack
+// (without -fstack-clash-protection nothing probes the pages in between).
+constexpr size_t kGuardBytes = 64 * 1024;
+constexpr size_t kSharedAlignment = 128;
+
+// ---- errors ---------------------------------------------------------------------------------
+
+// Thrown inside a fiber for an emulation error; caught by the fiber's entry function.
+class EmulationError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+std::string Format(const char* format, ...) __attribute__((format(printf, 1, 2)));
+std::string Format(const char* format, ...) {
+  char buffer[1024];
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(buffer, sizeof buffer, format, args);
+  va_end(args);
+  return buffer;
+}
+
+[[noreturn]] void Fail(const std::string& message) { throw EmulationError(message); }
+
+std::string Who(int tid) {
+  return Format("thread %d (warp %d, lane %d)", tid, tid / kWarpSize, tid % kWarpSize);
+}
+
+std::string Site(const CallSite& where) {
+  if (where.file == nullptr) return "";
+  return Format(" (%s:%u)", where.file, where.line);
+}
+
+const char* OpName(WarpOp op) {
+  switch (op) {
+    case WarpOp::kNone:
+      return "(none)";
+    case WarpOp::kSyncWarp:
+      return "__syncwarp";
+    case WarpOp::kShflIdx:
+      return "__shfl_sync";
+    case WarpOp::kShflUp:
+      return "__shfl_up_sync";
+    case WarpOp::kShflDown:
+      return "__shfl_down_sync";
+    case WarpOp::kShflXor:
+      return "__shfl_xor_sync";
+    case WarpOp::kBallot:
+      return "__ballot_sync";
+    case WarpOp::kAny:
+      return "__any_sync";
+    case WarpOp::kAll:
+      return "__all_sync";
+    case WarpOp::kLdMatrix:
+      return "ldmatrix.x4 (LoadMatrixX4)";
+    case WarpOp::kMma:
+      return "mma.m16n8k16 (MmaBf16)";
+  }
+  return "?";
+}
+
+// ---- contexts ---------------------------------------------------------------------------------
+
+struct Context {
+#ifdef PDPOOL_EMU_ASM_SWITCH
+  void* sp = nullptr;
+#else
+  ucontext_t uc;
+#endif
+};
+
+void FiberMain(int index);
+
+#ifdef PDPOOL_EMU_ASM_SWITCH
+void FiberEntryAsm(intptr_t index) { FiberMain(static_cast<int>(index)); }
+
+uint32_t g_initial_mxcsr = 0x1f80;
+uint16_t g_initial_fpcw = 0x037f;
+
+void CaptureFloatingPointControl() {
+  uint32_t mxcsr;
+  uint16_t fpcw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpcw));
+  g_initial_mxcsr = mxcsr;
+  g_initial_fpcw = fpcw;
+}
+#else
+void FiberEntryUcontext(int index) { FiberMain(index); }
+#endif
+
+// Prepares `context` so that switching to it runs FiberMain(index) on the given stack.
+void InitContext(Context* context, char* stack_low, size_t stack_bytes, int index) {
+#ifdef PDPOOL_EMU_ASM_SWITCH
+  // The frame pdpool_emu_switch pops: control words, r15, r14, r13, r12, rbx, rbp, then the
+  // return address (the trampoline, which calls r13(r12)). After that ret the stack pointer must
+  // be 16-byte aligned, so that the trampoline's call enters FiberEntryAsm as the ABI requires.
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack_low) + stack_bytes - 16) & ~uintptr_t{15};
+  void** p = reinterpret_cast<void**>(top);
+  p[-1] = reinterpret_cast<void*>(&pdpool_emu_trampoline);
+  p[-2] = nullptr;                                          // rbp: end of the frame chain
+  p[-3] = nullptr;                                          // rbx
+  p[-4] = reinterpret_cast<void*>(intptr_t{index});         // r12
+  p[-5] = reinterpret_cast<void*>(&FiberEntryAsm);          // r13
+  p[-6] = nullptr;                                          // r14
+  p[-7] = nullptr;                                          // r15
+  uint32_t control[2] = {g_initial_mxcsr, g_initial_fpcw};  // at p[-8]
+  std::memcpy(&p[-8], control, sizeof control);
+  context->sp = &p[-8];
+#else
+  if (getcontext(&context->uc) != 0) throw std::runtime_error("getcontext failed");
+  context->uc.uc_stack.ss_sp = stack_low;
+  context->uc.uc_stack.ss_size = stack_bytes;
+  context->uc.uc_link = nullptr;
+  makecontext(&context->uc, reinterpret_cast<void (*)()>(&FiberEntryUcontext), 1, index);
+#endif
+}
+
+// Switches from `from` (saved there) to `to`, whose stack is [to_stack, to_stack + to_bytes).
+// `from_finished`: the current fiber never resumes (lets AddressSanitizer drop its fake stack).
+void SwitchContext(Context* from, Context* to, const void* to_stack, size_t to_bytes,
+                   bool from_finished) {
+#ifdef PDPOOL_EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(from_finished ? nullptr : &fake_stack, to_stack, to_bytes);
+#else
+  (void)to_stack;
+  (void)to_bytes;
+  (void)from_finished;
+#endif
+#ifdef PDPOOL_EMU_ASM_SWITCH
+  pdpool_emu_switch(&from->sp, to->sp);
+#else
+  swapcontext(&from->uc, &to->uc);
+#endif
+#ifdef PDPOOL_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
+}
+
+// ---- fiber stacks -----------------------------------------------------------------------------
+
+// Stacks are mapped once (reserved, not committed: pages appear as a fiber touches them) and
+// reused by every later RunGrid; below each is an inaccessible guard region.
+class StackPool {
+ public:
+  ~StackPool() { Release(); }
+
+  void SetBytes(size_t bytes) {
+    size_t page = PageSize();
+    bytes = (bytes + page - 1) / page * page;
+    if (bytes != bytes_) {
+      Release();
+      bytes_ = bytes;
+    }
+  }
+
+  void Ensure(size_t count) {
+    size_t guard = GuardBytes();
+    while (stacks_.size() < count) {
+      void* memory = mmap(nullptr, bytes_ + guard, PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+      if (memory == MAP_FAILED) {
+        throw std::runtime_error("cuda_emulation: mmap of a fiber stack failed");
+      }
+      if (mprotect(memory, guard, PROT_NONE) != 0) {
+        munmap(memory, bytes_ + guard);
+        throw std::runtime_error("cuda_emulation: mprotect of a stack guard region failed");
+      }
+      stacks_.push_back(static_cast<char*>(memory) + guard);
+    }
+  }
+
+  char* Stack(size_t index) const { return stacks_[index]; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  static size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+  static size_t GuardBytes() {
+    size_t page = PageSize();
+    return (kGuardBytes + page - 1) / page * page;
+  }
+
+  void Release() {
+    size_t guard = GuardBytes();
+    for (char* stack : stacks_) munmap(stack - guard, bytes_ + guard);
+    stacks_.clear();
+  }
+
+  size_t bytes_ = kDefaultStackBytes;
+  std::vector<char*> stacks_;
+};
+
+// ---- global configuration ---------------------------------------------------------------------
+
+std::mutex g_run_mutex;  // one RunGrid at a time (guards everything below)
+StackPool g_stacks;
+std::atomic<bool> g_trap_nan{true};
+std::atomic<uint64_t> g_schedule_seed{0};
+RunStats g_last_stats;
+
+std::mutex g_globals_mutex;
+std::vector<std::pair<uintptr_t, uintptr_t>> g_globals;  // [begin, end)
+
+bool GlobalReadable(const void* source, size_t bytes, bool* any_registered) {
+  std::lock_guard<std::mutex> lock(g_globals_mutex);
+  *any_registered = !g_globals.empty();
+  if (g_globals.empty()) return true;
+  uintptr_t begin = reinterpret_cast<uintptr_t>(source);
+  for (const auto& [low, high] : g_globals) {
+    if (begin >= low && begin <= high && high - begin >= bytes) return true;
+  }
+  return false;
+}
+
+// ---- the block runtime ------------------------------------------------------------------------
+
+enum class State : uint8_t { kReady, kRunning, kAtBarrier, kAtWarp, kExited };
+
+struct AsyncCopy {
+  uint32_t dst;
+  unsigned char bytes[16];
+};
+
+struct Fiber {
+  Context context;
+  State state = State::kReady;
+  WarpOp op = WarpOp::kNone;
+  CallSite where{nullptr, 0};
+  std::vector<AsyncCopy> open_group;             // issued, not yet committed
+  std::deque<std::vector<AsyncCopy>> committed;  // oldest first
+};
+
+// The per-warp rendezvous: each lane deposits its operands and waits; the last lane to arrive
+// computes every lane's result.
+struct WarpSlot {
+  WarpOp op = WarpOp::kNone;
+  int arrived = 0;
+  int exited = 0;      // lanes that have returned
+  int at_barrier = 0;  // lanes waiting at __syncthreads
+  uint64_t value[kWarpSize];
+  int arg[kWarpSize];
+  int width[kWarpSize];
+  uint64_t result[kWarpSize];
+  uint32_t address[kWarpSize];
+  bool transposed[kWarpSize];
+  uint32_t* matrix_out[kWarpSize];
+  const uint32_t* mma_a[kWarpSize];
+  uint32_t mma_b0[kWarpSize];
+  uint32_t mma_b1[kWarpSize];
+  float* mma_d[kWarpSize];
+};
+
+class Runtime {
+ public:
+  // Set by RunGrid for its duration.
+  const std::function<void(unsigned char*)>* body = nullptr;
+  unsigned char* shared = nullptr;
+  size_t shared_bytes = 0;
+  int threads = 0;
+  std::vector<Fiber> fibers;
+  std::vector<WarpSlot> warps;
+  std::vector<int16_t> chunk_owner;  // per 16 shared bytes: thread of an in-flight cp.async, or -1
+  Context main_context;
+  const void* main_stack = nullptr;
+  size_t main_stack_bytes = 0;
+  RunStats stats;
+
+  // Per block.
+  int current = -1;
+  int exited = 0;
+  int barrier_arrived = 0;
+  bool failed = false;
+  std::string error;
+
+  void StartBlock() {
+    std::memset(shared, 0xff, shared_bytes);
+    std::fill(chunk_owner.begin(), chunk_owner.end(), int16_t{-1});
+    for (WarpSlot& warp : warps) {
+      warp.op = WarpOp::kNone;
+      warp.arrived = warp.exited = warp.at_barrier = 0;
+    }
+    current = -1;
+    exited = barrier_arrived = 0;
+    failed = false;
+    error.clear();
+    queue_.assign(static_cast<size_t>(threads), 0);
+    head_ = count_ = 0;
+    std::vector<int> order;
+    for (int tid = 0; tid < threads; ++tid) {
+      Fiber& fiber = fibers[static_cast<size_t>(tid)];
+      fiber.state = State::kReady;
+      fiber.op = WarpOp::kNone;
+      fiber.where = CallSite(nullptr, 0);
+      fiber.open_group.clear();
+      fiber.committed.clear();
+      char* stack = g_stacks.Stack(static_cast<size_t>(tid));
+#ifdef PDPOOL_EMU_ASAN
+      __asan_unpoison_memory_region(stack, g_stacks.bytes());
+#endif
+      InitContext(&fiber.context, stack, g_stacks.bytes(), tid);
+      order.push_back(tid);
+    }
+    Release(&order);
+  }
+
+  // Runs the block's threads until all have returned, or an error or a deadlock stops them.
+  void RunBlock() {
+    int first = PopReady();
+    EnterFiber(first);
+    SwitchContext(&main_context, &fibers[static_cast<size_t>(first)].context,
+                  g_stacks.Stack(static_cast<size_t>(first)), g_stacks.bytes(), false);
+    // Back on the RunGrid stack: every thread has returned, or nothing can progress.
+    if (failed) throw std::runtime_error(error);
+    if (exited != threads) {
+      throw std::runtime_error("deadlock: no thread can make progress.\n" + DescribeThreads());
+    }
+  }
+
+  // ---- scheduling ----
+
+  void Push(int tid) {
+    queue_[(head_ + count_) % queue_.size()] = tid;
+    ++count_;
+  }
+
+  int PopReady() {
+    if (count_ == 0) return -1;
+    if (g_schedule_seed != 0) return PopReadyFavoringOneWarp();
+    int tid = queue_[head_];
+    head_ = (head_ + 1) % queue_.size();
+    --count_;
+    return tid;
+  }
+
+  // With a schedule seed: one warp runs ahead as far as it can (until it waits at a
+  // __syncthreads or returns), then another chosen at random, so that a missing __syncthreads
+  // between warps shows up as a race (stale or unlanded shared memory).
+  int PopReadyFavoringOneWarp() {
+    const size_t size = queue_.size();
+    size_t pick = count_;
+    for (size_t i = 0; i < count_; ++i) {
+      if (queue_[(head_ + i) % size] / 32 == favored_warp_) {
+        pick = i;
+        break;
+      }
+    }
+    if (pick == count_) {
+      pick = Random() % count_;
+      favored_warp_ = queue_[(head_ + pick) % size] / 32;
+    }
+    const int tid = queue_[(head_ + pick) % size];
+    for (size_t i = pick; i + 1 < count_; ++i) {
+      queue_[(head_ + i) % size] = queue_[(head_ + i + 1) % size];
+    }
+    --count_;
+    return tid;
+  }
+
+  // Makes `tids` ready, in order or (with a schedule seed) shuffled.
+  void Release(std::vector<int>* tids) {
+    if (g_schedule_seed != 0) {
+      for (size_t i = tids->size(); i > 1; --i) std::swap((*tids)[i - 1], (*tids)[Random() % i]);
+    }
+    for (int tid : *tids) {
+      fibers[static_cast<size_t>(tid)].state = State::kReady;
+      Push(tid);
+    }
+  }
+
+  void EnterFiber(int tid) {
+    current = tid;
+    fibers[static_cast<size_t>(tid)].state = State::kRunning;
+    threadIdx.x = static_cast<unsigned>(tid);
+    ++stats.context_switches;
+  }
+
+  // The current fiber waits (its state already says for what) until a release makes it ready.
+  void Block() {
+    int self = current;
+    int next = PopReady();
+    if (next < 0) {
+      // Nobody can run: RunBlock reports the deadlock, and this fiber is abandoned.
+      current = -1;
+      SwitchContext(&fibers[static_cast<size_t>(self)].context, &main_context, main_stack,
+                    main_stack_bytes, true);
+      std::abort();  // never resumed
+    }
+    EnterFiber(next);
+    SwitchContext(&fibers[static_cast<size_t>(self)].context,
+                  &fibers[static_cast<size_t>(next)].context,
+                  g_stacks.Stack(static_cast<size_t>(next)), g_stacks.bytes(), false);
+    // Resumed: whoever switched here has set current and threadIdx.
+  }
+
+  // With a schedule seed, the thread that completed a barrier or collective does not always go
+  // first.
+  void MaybeYield() {
+    if (g_schedule_seed == 0 || count_ == 0 || Random() % 2 == 0) return;
+    fibers[static_cast<size_t>(current)].state = State::kReady;
+    Push(current);
+    Block();
+  }
+
+  // The current fiber has returned (or failed): switch away for good.
+  [[noreturn]] void LeaveFinishedFiber() {
+    int self = current;
+    int next = failed ? -1 : PopReady();
+    Context* to = &main_context;
+    const void* stack = main_stack;
+    size_t bytes = main_stack_bytes;
+    if (next >= 0) {
+      EnterFiber(next);
+      to = &fibers[static_cast<size_t>(next)].context;
+      stack = g_stacks.Stack(static_cast<size_t>(next));
+      bytes = g_stacks.bytes();
+    } else {
+      current = -1;
+    }
+    SwitchContext(&fibers[static_cast<size_t>(self)].context, to, stack, bytes, true);
+    std::abort();
+  }
+
+  uint64_t Random() {  // splitmix64
+    uint64_t z = (rng_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  void SeedRandom(uint64_t seed) { rng_ = seed; }
+
+  // ---- diagnostics ----
+
+  std::string DescribeThread(int tid) const {
+    const Fiber& fiber = fibers[static_cast<size_t>(tid)];
+    switch (fiber.state) {
+      case State::kReady:
+        return "ready to run (not at a barrier)";
+      case State::kRunning:
+        return "running";
+      case State::kAtBarrier:
+        return "waiting at __syncthreads" + Site(fiber.where);
+      case State::kAtWarp:
+        return std::string("waiting at warp collective ") + OpName(fiber.op) + Site(fiber.where);
+      case State::kExited:
+        return "returned (exited)";
+    }
+    return "?";
+  }
+
+  // One line per run of consecutive threads in the same state.
+  std::string DescribeThreads() const {
+    std::string out = "thread states:";
+    int start = 0;
+    std::string state = DescribeThread(0);
+    for (int tid = 1; tid <= threads; ++tid) {
+      std::string next = tid < threads ? DescribeThread(tid) : std::string();
+      if (tid < threads && next == state) continue;
+      if (start == tid - 1) {
+        out += Format("\n  thread %d (warp %d): ", start, start / kWarpSize);
+      } else if (start / kWarpSize == (tid - 1) / kWarpSize) {
+        out += Format("\n  threads %d-%d (warp %d): ", start, tid - 1, start / kWarpSize);
+      } else {
+        out += Format("\n  threads %d-%d (warps %d-%d): ", start, tid - 1, start / kWarpSize,
+                      (tid - 1) / kWarpSize);
+      }
+      out += state;
+      start = tid;
+      state = next;
+    }
+    return out;
+  }
+
+  // The lanes of `warp` other than the current thread that are in `state`.
+  std::string LanesOf(int warp, State state) const {
+    std::string out;
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      int tid = warp * kWarpSize + lane;
+      if (tid == current || fibers[static_cast<size_t>(tid)].state != state) continue;
+      out += (out.empty() ? "" : ",") + std::to_string(lane);
+    }
+    return out;
+  }
+
+  // ---- barriers and collectives ----
+
+  void SyncThreads(const CallSite& where) {
+    int tid = current;
+    Fiber& fiber = fibers[static_cast<size_t>(tid)];
+    fiber.state = State::kAtBarrier;
+    fiber.where = where;
+    WarpSlot& warp = warps[static_cast<size_t>(tid / kWarpSize)];
+    if (exited > 0) {
+      Fail(Who(tid) + " reaches __syncthreads" + Site(where) + " but " + std::to_string(exited) +
+           " thread(s) of the block have returned, so the barrier can never complete.\n" +
+           DescribeThreads());
+    }
+    if (warp.arrived > 0) {
+      Fail(Who(tid) + " reaches __syncthreads" + Site(where) + " while lanes " +
+           LanesOf(tid / kWarpSize, State::kAtWarp) + " of its warp wait for it at " +
+           OpName(warp.op) + ": deadlock (divergent warp).\n" + DescribeThreads());
+    }
+    ++warp.at_barrier;
+    if (++barrier_arrived < threads) {
+      Block();
+      return;
+    }
+    barrier_arrived = 0;
+    for (WarpSlot& slot : warps) slot.at_barrier = 0;
+    ++stats.barriers;
+    fiber.state = State::kRunning;
+    release_.clear();
+    for (int other = 0; other < threads; ++other) {
+      if (other != tid) release_.push_back(other);
+    }
+    Release(&release_);
+    MaybeYield();
+  }
+
+  // The current lane has deposited its operands in its warp's slot; returns once all 32 lanes
+  // have arrived and the results are in place.
+  void WarpCollective(WarpOp op, const CallSite& where) {
+    int tid = current;
+    int warp_index = tid / kWarpSize;
+    Fiber& fiber = fibers[static_cast<size_t>(tid)];
+    fiber.state = State::kAtWarp;
+    fiber.op = op;
+    fiber.where = where;
+    WarpSlot& warp = warps[static_cast<size_t>(warp_index)];
+    if (warp.exited > 0) {
+      Fail(Who(tid) + " reaches " + OpName(op) + Site(where) + " but lanes " +
+           LanesOf(warp_index, State::kExited) +
+           " of its warp have returned: a warp collective needs all 32 lanes.\n" +
+           DescribeThreads());
+    }
+    if (warp.at_barrier > 0) {
+      Fail(Who(tid) + " reaches " + OpName(op) + Site(where) + " while lanes " +
+           LanesOf(warp_index, State::kAtBarrier) +
+           " of its warp wait at __syncthreads: deadlock (divergent warp).\n" + DescribeThreads());
+    }
+    if (warp.arrived > 0 && warp.op != op) {
+      Fail(Who(tid) + " reaches " + OpName(op) + Site(where) + " while lanes " +
+           LanesOf(warp_index, State::kAtWarp) + " of its warp wait at " + OpName(warp.op) +
+           ": divergent warp collectives.\n" + DescribeThreads());
+    }
+    warp.op = op;
+    if (++warp.arrived < kWarpSize) {
+      Block();
+      return;
+    }
+    warp.arrived = 0;
+    warp.op = WarpOp::kNone;
+    ++stats.collectives;
+    Complete(op, warp_index);
+    fiber.state = State::kRunning;
+    release_.clear();
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      int other = warp_index * kWarpSize + lane;
+      if (other != tid) release_.push_back(other);
+    }
+    Release(&release_);
+    MaybeYield();
+  }
+
+  void OnExit() {
+    int tid = current;
+    Fiber& fiber = fibers[static_cast<size_t>(tid)];
+    fiber.state = State::kExited;
+    size_t in_flight = fiber.open_group.size();
+    for (const auto& group : fiber.committed) in_flight += group.size();
+    if (in_flight > 0) {
+      Fail(
+          Format("%s returns with %zu cp.async copies still in flight (%zu uncommitted; %zu "
+                 "committed group(s) never waited for with cp.async.wait_group)",
+                 Who(tid).c_str(), in_flight, fiber.open_group.size(), fiber.committed.size()));
+    }
+    int warp_index = tid / kWarpSize;
+    WarpSlot& warp = warps[static_cast<size_t>(warp_index)];
+    if (warp.arrived > 0) {
+      Fail(Who(tid) + " returns while lanes " + LanesOf(warp_index, State::kAtWarp) +
+           " of its warp wait for it at " + OpName(warp.op) + ".\n" + DescribeThreads());
+    }
+    if (barrier_arrived > 0) {
+      Fail(Who(tid) + " returns while " + std::to_string(barrier_arrived) +
+           " thread(s) wait for it at __syncthreads.\n" + DescribeThreads());
+    }
+    ++warp.exited;
+    ++exited;
+  }
+
+  // ---- collective results ----
+
+  void Complete(WarpOp op, int warp_index) {
+    WarpSlot& warp = warps[static_cast<size_t>(warp_index)];
+    switch (op) {
+      case WarpOp::kNone:
+      case WarpOp::kSyncWarp:
+        return;
+      case WarpOp::kShflIdx:
+      case WarpOp::kShflUp:
+      case WarpOp::kShflDown:
+      case WarpOp::kShflXor:
+        return CompleteShuffle(op, warp_index, &warp);
+      case WarpOp::kBallot:
+      case WarpOp::kAny:
+      case WarpOp::kAll: {
+        unsigned ballot = 0;
+        for (int lane = 0; lane < kWarpSize; ++lane) {
+          if (warp.arg[lane] != 0) ballot |= 1u << lane;
+        }
+        uint64_t result = op == WarpOp::kBallot ? ballot
+                          : op == WarpOp::kAny  ? (ballot != 0 ? 1 : 0)
+                                                : (ballot == 0xffffffffu ? 1 : 0);
+        for (uint64_t& r : warp.result) r = result;
+        return;
+      }
+      case WarpOp::kLdMatrix:
+        return CompleteLoadMatrix(warp_index, &warp);
+      case WarpOp::kMma:
+        return CompleteMma(warp_index, &warp);
+    }
+  }
+
+  void CompleteShuffle(WarpOp op, int warp_index, WarpSlot* warp) {
+    int width = warp->width[0];
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      if (warp->width[lane] != width) {
+        Fail(Format("warp %d: %s: lanes pass different widths (lane 0: %d, lane %d: %d)",
+                    warp_index, OpName(op), width, lane, warp->width[lane]));
+      }
+    }
+    if (width < 1 || width > kWarpSize || (width & (width - 1)) != 0) {
+      Fail(Format("warp %d: %s: width %d is not a power of two in [1, 32]", warp_index, OpName(op),
+                  width));
+    }
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      int segment_start = lane & ~(width - 1);
+      int segment_end = segment_start + width - 1;
+      int arg = warp->arg[lane];
+      int source = lane;
+      switch (op) {
+        case WarpOp::kShflIdx:
+          source = segment_start + (arg & (width - 1));
+          break;
+        case WarpOp::kShflUp:
+          source = lane - arg >= segment_start ? lane - arg : lane;
+          break;
+        case WarpOp::kShflDown:
+          source = lane + arg <= segment_end ? lane + arg : lane;
+          break;
+        case WarpOp::kShflXor:
+          source = (lane ^ arg) <= segment_end ? (lane ^ arg) : lane;
+          break;
+        default:
+          break;
+      }
+      warp->result[lane] = warp->value[source];
+    }
+  }
+
+  void CheckSharedRead(int warp_index, int lane, uint32_t address, const char* what) {
+    if (address % 16 != 0) {
+      Fail(Format("warp %d: %s: lane %d's row address 0x%x is not 16-byte aligned", warp_index,
+                  what, lane, address));
+    }
+    if (uint64_t{address} + 16 > shared_bytes) {
+      Fail(
+          Format("warp %d: %s: lane %d's row [0x%x, 0x%x) is outside the block's %zu bytes of "
+                 "shared memory",
+                 warp_index, what, lane, address, address + 16, shared_bytes));
+    }
+    int owner = chunk_owner[address / 16];
+    if (owner >= 0) {
+      Fail(
+          Format("warp %d: %s: lane %d's row [0x%x, 0x%x) is the destination of a cp.async by "
+                 "%s that no cp.async.wait_group has completed yet",
+                 warp_index, what, lane, address, address + 16, Who(owner).c_str()));
+    }
+  }
+
+  uint16_t SharedHalf(uint32_t row_address, int element) const {
+    uint16_t value;
+    std::memcpy(&value, shared + row_address + 2 * element, sizeof value);
+    return value;
+  }
+
+  void CompleteLoadMatrix(int warp_index, WarpSlot* warp) {
+    bool transposed = warp->transposed[0];
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      if (warp->transposed[lane] != transposed) {
+        Fail(Format("warp %d: ldmatrix: lanes disagree on .trans (lane 0: %d, lane %d: %d)",
+                    warp_index, transposed, lane, warp->transposed[lane]));
+      }
+      CheckSharedRead(warp_index, lane, warp->address[lane], "ldmatrix");
+    }
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      int g = lane / 4;
+      int t = lane % 4;
+      for (int m = 0; m < 4; ++m) {
+        uint16_t low, high;
+        if (!transposed) {
+          uint32_t row = warp->address[8 * m + g];
+          low = SharedHalf(row, 2 * t);
+          high = SharedHalf(row, 2 * t + 1);
+        } else {
+          low = SharedHalf(warp->address[8 * m + 2 * t], g);
+          high = SharedHalf(warp->address[8 * m + 2 * t + 1], g);
+        }
+        warp->matrix_out[lane][m] = uint32_t{low} | (uint32_t{high} << 16);
+      }
+    }
+  }
+
+  static float Bf16ToFloat(uint16_t bits) {
+    uint32_t word = uint32_t{bits} << 16;
+    float value;
+    std::memcpy(&value, &word, sizeof value);
+    return value;
+  }
+
+  void CompleteMma(int warp_index, WarpSlot* warp) {
+    float a[16][16], b[16][8], c[16][8];
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      int g = lane / 4;
+      int t = lane % 4;
+      const uint32_t* ra = warp->mma_a[lane];
+      for (int reg = 0; reg < 4; ++reg) {
+        int row = g + ((reg & 1) ? 8 : 0);
+        int col = 2 * t + ((reg & 2) ? 8 : 0);
+        a[row][col] = Bf16ToFloat(static_cast<uint16_t>(ra[reg] & 0xffff));
+        a[row][col + 1] = Bf16ToFloat(static_cast<uint16_t>(ra[reg] >> 16));
+      }
+      uint32_t rb[2] = {warp->mma_b0[lane], warp->mma_b1[lane]};
+      for (int reg = 0; reg < 2; ++reg) {
+        int k = 2 * t + 8 * reg;
+        b[k][g] = Bf16ToFloat(static_cast<uint16_t>(rb[reg] & 0xffff));
+        b[k + 1][g] = Bf16ToFloat(static_cast<uint16_t>(rb[reg] >> 16));
+      }
+      const float* rd = warp->mma_d[lane];
+      c[g][2 * t] = rd[0];
+      c[g][2 * t + 1] = rd[1];
+      c[g + 8][2 * t] = rd[2];
+      c[g + 8][2 * t + 1] = rd[3];
+    }
+    if (g_trap_nan) CheckMmaNaN(warp_index, a, b, c);
+    float d[16][8];
+    for (int m = 0; m < 16; ++m) {
+      for (int n = 0; n < 8; ++n) {
+        float sum = c[m][n];
+        for (int k = 0; k < 16; ++k) sum += a[m][k] * b[k][n];
+        d[m][n] = sum;
+      }
+    }
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      int g = lane / 4;
+      int t = lane % 4;
+      float* rd = warp->mma_d[lane];
+      rd[0] = d[g][2 * t];
+      rd[1] = d[g][2 * t + 1];
+      rd[2] = d[g + 8][2 * t];
+      rd[3] = d[g + 8][2 * t + 1];
+    }
+  }
+
+  static void CheckMmaNaN(int warp_index, const float (&a)[16][16], const float (&b)[16][8],
+                          const float (&c)[16][8]) {
+    const char* hint =
+        " (read from shared memory nothing wrote, i.e. the 0xFF poison, or NaN data; "
+        "SetTrapNaNInMma(false) turns this check off)";
+    for (int m = 0; m < 16; ++m) {
+      for (int k = 0; k < 16; ++k) {
+        if (std::isnan(a[m][k])) {
+          int lane = (m % 8) * 4 + (k % 8) / 2;
+          int reg = (m >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+          Fail(Format("warp %d: mma: A[%d][%d] (lane %d, a[%d] %s half) is NaN%s", warp_index, m, k,
+                      lane, reg, k % 2 ? "high" : "low", hint));
+        }
+      }
+    }
+    for (int k = 0; k < 16; ++k) {
+      for (int n = 0; n < 8; ++n) {
+        if (std::isnan(b[k][n])) {
+          int lane = n * 4 + (k % 8) / 2;
+          Fail(Format("warp %d: mma: B[%d][%d] (lane %d, b%d %s half) is NaN%s", warp_index, k, n,
+                      lane, k >= 8 ? 1 : 0, k % 2 ? "high" : "low", hint));
+        }
+      }
+    }
+    for (int m = 0; m < 16; ++m) {
+      for (int n = 0; n < 8; ++n) {
+        if (std::isnan(c[m][n])) {
+          int lane = (m % 8) * 4 + n / 2;
+          Fail(Format("warp %d: mma: accumulator C[%d][%d] (lane %d, d[%d]) is NaN%s", warp_index,
+                      m, n, lane, (m >= 8 ? 2 : 0) + n % 2, hint));
+        }
+      }
+    }
+  }
+
+  // ---- cp.async ----
+
+  void CopyAsync(uint32_t dst, const void* src, bool valid) {
+    int tid = current;
+    if (dst % 16 != 0) {
+      Fail(Format("%s: cp.async: shared destination 0x%x is not 16-byte aligned", Who(tid).c_str(),
+                  dst));
+    }
+    if (uint64_t{dst} + 16 > shared_bytes) {
+      Fail(
+          Format("%s: cp.async: shared destination [0x%x, 0x%x) is outside the block's %zu bytes "
+                 "of shared memory",
+                 Who(tid).c_str(), dst, dst + 16, shared_bytes));
+    }
+    AsyncCopy copy;
+    copy.dst = dst;
+    if (valid) {
+      if (reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+        Fail(
+            Format("%s: cp.async: global source %p is not 16-byte aligned", Who(tid).c_str(), src));
+      }
+      if (src == nullptr) {
+        Fail(Format("%s: cp.async: null global source with src-size 16", Who(tid).c_str()));
+      }
+      bool any_registered = false;
+      if (!GlobalReadable(src, 16, &any_registered)) {
+        Fail(
+            Format("%s: cp.async: global source [%p, +16) is not inside any registered global "
+                   "range (out-of-bounds read)",
+                   Who(tid).c_str(), src));
+      }
+      std::memcpy(copy.bytes, src, 16);
+    } else {
+      std::memset(copy.bytes, 0, 16);
+    }
+    int16_t& owner = chunk_owner[dst / 16];
+    if (owner >= 0) {
+      Fail(
+          Format("%s: cp.async into shared [0x%x, 0x%x) while an earlier cp.async into the same "
+                 "bytes by %s has not been completed by a cp.async.wait_group",
+                 Who(tid).c_str(), dst, dst + 16, Who(owner).c_str()));
+    }
+    owner = static_cast<int16_t>(tid);
+    fibers[static_cast<size_t>(tid)].open_group.push_back(copy);
+    ++stats.async_copies;
+  }
+
+  void CommitAsyncCopies() {
+    Fiber& fiber = fibers[static_cast<size_t>(current)];
+    fiber.committed.push_back(std::move(fiber.open_group));
+    fiber.open_group.clear();
+  }
+
+  void WaitAsyncCopies(int pending) {
+    Fiber& fiber = fibers[static_cast<size_t>(current)];
+    if (pending < 0) {
+      Fail(Format("%s: cp.async.wait_group %d: the count must be >= 0", Who(current).c_str(),
+                  pending));
+    }
+    while (fiber.committed.size() > static_cast<size_t>(pending)) {
+      for (const AsyncCopy& copy : fiber.committed.front()) {
+        std::memcpy(shared + copy.dst, copy.bytes, 16);
+        chunk_owner[copy.dst / 16] = -1;
+      }
+      fiber.committed.pop_front();
+    }
+  }
+
+ private:
+  std::vector<int> queue_;    // ring buffer of ready threads
+  std::vector<int> release_;  // scratch: threads a barrier or collective releases
+  size_t head_ = 0;
+  int favored_warp_ = -1;  // with a schedule seed: the warp that runs ahead
+  size_t count_ = 0;
+  uint64_t rng_ = 0;
+};
+
+Runtime g_runtime;
+// Non-null on the OS thread inside RunGrid, for its duration.
+thread_local Runtime* t_active = nullptr;
+
+Runtime& Active(const char* what) {
+  if (t_active == nullptr || t_active->current < 0) {
+    throw std::logic_error(std::string("cuda_emulation: ") + what +
+                           " called outside a kernel body run by RunGrid");
+  }
+  return *t_active;
+}
+
+void FiberMain(int index) {
+#ifdef PDPOOL_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
+#endif
+  Runtime& runtime = g_runtime;
+  try {
+    (*runtime.body)(runtime.shared);
+    runtime.OnExit();
+  } catch (const EmulationError& e) {
+    runtime.failed = true;
+    runtime.error = e.what();
+  } catch (const std::exception& e) {
+    runtime.failed = true;
+    runtime.error = Who(index) + ": the kernel body threw: " + e.what();
+  } catch (...) {
+    runtime.failed = true;
+    runtime.error = Who(index) + ": the kernel body threw a non-std::exception";
+  }
+  runtime.fibers[static_cast<size_t>(index)].state = State::kExited;
+  runtime.LeaveFinishedFiber();
+}
+
+void MainStackBounds(const void** low, size_t* bytes) {
+  *low = nullptr;
+  *bytes = 0;
+#ifdef PDPOOL_EMU_ASAN
+  pthread_attr_t attributes;
+  if (pthread_getattr_np(pthread_self(), &attributes) == 0) {
+    void* address = nullptr;
+    size_t size = 0;
+    if (pthread_attr_getstack(&attributes, &address, &size) == 0) {
+      *low = address;
+      *bytes = size;
+    }
+    pthread_attr_destroy(&attributes);
+  }
+#endif
+}
+
+void CheckNotInsideKernel(const char* what) {
+  if (t_active != nullptr) {
+    throw std::logic_error(std::string("cuda_emulation: ") + what +
+                           " called from inside a kernel body");
+  }
+}
+
+struct FreeDeleter {
+  void operator()(unsigned char* p) const { std::free(p); }
+};
+
+}  // namespace
+
+// ---- public API -------------------------------------------------------------------------------
+
+void RunGrid(dim3 grid, int threads_per_block, size_t shared_bytes,
+             const std::function<void(unsigned char* shared)>& body) {
+  CheckNotInsideKernel("RunGrid");
+  if (threads_per_block <= 0 || threads_per_block % kWarpSize != 0 || threads_per_block > 1024) {
+    throw std::invalid_argument(Format(
+        "cuda_emulation: threads_per_block %d must be a positive multiple of 32, at most 1024",
+        threads_per_block));
+  }
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) {
+    throw std::invalid_argument("cuda_emulation: every grid dimension must be at least 1");
+  }
+  if (shared_bytes > (size_t{1} << 30)) {
+    throw std::invalid_argument("cuda_emulation: shared_bytes is unreasonably large");
+  }
+  if (!body) throw std::invalid_argument("cuda_emulation: empty kernel body");
+
+  std::lock_guard<std::mutex> lock(g_run_mutex);
+  Runtime& runtime = g_runtime;
+  size_t threads = static_cast<size_t>(threads_per_block);
+  g_stacks.Ensure(threads);
+#ifdef PDPOOL_EMU_ASM_SWITCH
+  CaptureFloatingPointControl();
+#endif
+  size_t allocation = (std::max<size_t>(shared_bytes, 16) + kSharedAlignment - 1) /
+                      kSharedAlignment * kSharedAlignment;
+  std::unique_ptr<unsigned char, FreeDeleter> shared(
+      static_cast<unsigned char*>(std::aligned_alloc(kSharedAlignment, allocation)));
+  if (!shared) throw std::bad_alloc();
+
+  runtime.body = &body;
+  runtime.shared = shared.get();
+  runtime.shared_bytes = shared_bytes;
+  runtime.threads = threads_per_block;
+  if (runtime.fibers.size() < threads) runtime.fibers.resize(threads);
+  runtime.warps.assign(threads / kWarpSize, WarpSlot{});
+  runtime.chunk_owner.assign(shared_bytes / 16, int16_t{-1});
+  runtime.stats = RunStats{};
+  runtime.SeedRandom(g_schedule_seed);
+  MainStackBounds(&runtime.main_stack, &runtime.main_stack_bytes);
+
+  struct Deactivate {
+    Runtime* runtime;
+    ~Deactivate() {
+      g_last_stats = runtime->stats;
+      t_active = nullptr;
+      runtime->body = nullptr;
+      runtime->shared = nullptr;
+      runtime->current = -1;
+    }
+  } deactivate{&runtime};
+  t_active = &runtime;
+
+  gridDim = grid;
+  blockDim = dim3(static_cast<unsigned>(threads_per_block), 1, 1);
+  threadIdx = uint3{0, 0, 0};
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = uint3{x, y, z};
+        runtime.StartBlock();
+        try {
+          runtime.RunBlock();
+        } catch (const std::runtime_error& e) {
+          throw std::runtime_error(Format("cuda_emulation: block (%u,%u,%u) of grid (%u,%u,%u), "
+                                          "%d threads: ",
+                                          x, y, z, grid.x, grid.y, grid.z, threads_per_block) +
+                                   e.what());
+        }
+        ++runtime.stats.blocks;
+      }
+    }
+  }
+}
+
+void RegisterGlobal(const void* begin, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_globals_mutex);
+  uintptr_t low = reinterpret_cast<uintptr_t>(begin);
+  g_globals.emplace_back(low, low + bytes);
+}
+
+void ClearGlobals() {
+  std::lock_guard<std::mutex> lock(g_globals_mutex);
+  g_globals.clear();
+}
+
+void SetTrapNaNInMma(bool trap) { g_trap_nan = trap; }
+
+void SetScheduleSeed(uint64_t seed) { g_schedule_seed = seed; }
+
+void SetFiberStackBytes(size_t bytes) {
+  CheckNotInsideKernel("SetFiberStackBytes");
+  if (bytes < 16 * 1024) throw std::invalid_argument("cuda_emulation: fiber stacks need >= 16 KiB");
+  std::lock_guard<std::mutex> lock(g_run_mutex);
+  g_stacks.SetBytes(bytes);
+}
+
+RunStats LastRunStats() {
+  CheckNotInsideKernel("LastRunStats");
+  std::lock_guard<std::mutex> lock(g_run_mutex);
+  return g_last_stats;
+}
+
+namespace detail {
+
+namespace {
+void CheckFullMask(unsigned mask, WarpOp op, const CallSite& where) {
+  if (mask != 0xffffffffu) {
+    Fail(Format("%s: %s%s with mask 0x%08x: only full-warp masks (0xffffffff) are emulated",
+                Who(t_active->current).c_str(), OpName(op), Site(where).c_str(), mask));
+  }
+}
+}  // namespace
+
+void SyncThreads(const CallSite& where) { Active("__syncthreads").SyncThreads(where); }
+
+void SyncWarp(unsigned mask, const CallSite& where) {
+  Runtime& runtime = Active("__syncwarp");
+  CheckFullMask(mask, WarpOp::kSyncWarp, where);
+  runtime.WarpCollective(WarpOp::kSyncWarp, where);
+}
+
+uint64_t Shuffle(WarpOp op, unsigned mask, uint64_t bits, int arg, int width,
+                 const CallSite& where) {
+  Runtime& runtime = Active(OpName(op));
+  CheckFullMask(mask, op, where);
+  int tid = runtime.current;
+  int lane = tid % kWarpSize;
+  WarpSlot& warp = runtime.warps[static_cast<size_t>(tid / kWarpSize)];
+  warp.value[lane] = bits;
+  warp.arg[lane] = arg;
+  warp.width[lane] = width;
+  runtime.WarpCollective(op, where);
+  return warp.result[lane];
+}
+
+unsigned Vote(WarpOp op, unsigned mask, int predicate, const CallSite& where) {
+  Runtime& runtime = Active(OpName(op));
+  CheckFullMask(mask, op, where);
+  int tid = runtime.current;
+  int lane = tid % kWarpSize;
+  WarpSlot& warp = runtime.warps[static_cast<size_t>(tid / kWarpSize)];
+  warp.arg[lane] = predicate;
+  runtime.WarpCollective(op, where);
+  return static_cast<unsigned>(warp.result[lane]);
+}
+
+}  // namespace detail
+}  // namespace pdpool::cuda_emulation
+
+namespace pdpool::agent::cuda::emulation {
+
+using pdpool::cuda_emulation::CallSite;
+using pdpool::cuda_emulation::detail::WarpOp;
+
+uint32_t SharedAddress(const void* pointer) {
+  auto& runtime = pdpool::cuda_emulation::Active("SharedAddress");
+  uintptr_t base = reinterpret_cast<uintptr_t>(runtime.shared);
+  uintptr_t address = reinterpret_cast<uintptr_t>(pointer);
+  if (address < base || address > base + runtime.shared_bytes) {
+    pdpool::cuda_emulation::Fail(pdpool::cuda_emulation::Format(
+        "%s: SharedAddress(%p): not inside this block's shared memory [%p, %p)",
+        pdpool::cuda_emulation::Who(runtime.current).c_str(), pointer,
+        static_cast<void*>(runtime.shared),
+        static_cast<void*>(runtime.shared + runtime.shared_bytes)));
+  }
+  return static_cast<uint32_t>(address - base);
+}
+
+void CopyAsync16(uint32_t dst, const void* src, bool valid) {
+  pdpool::cuda_emulation::Active("CopyAsync16").CopyAsync(dst, src, valid);
+}
+
+void CommitAsyncCopies() {
+  pdpool::cuda_emulation::Active("CommitAsyncCopies").CommitAsyncCopies();
+}
+
+void WaitAsyncCopies(int pending) {
+  pdpool::cuda_emulation::Active("WaitAsyncCopies").WaitAsyncCopies(pending);
+}
+
+void LoadMatrixX4(uint32_t (&r)[4], uint32_t address, bool transposed) {
+  auto& runtime = pdpool::cuda_emulation::Active("LoadMatrixX4");
+  int tid = runtime.current;
+  int lane = tid % 32;
+  auto& warp = runtime.warps[static_cast<size_t>(tid / 32)];
+  warp.address[lane] = address;
+  warp.transposed[lane] = transposed;
+  warp.matrix_out[lane] = r;
+  runtime.WarpCollective(WarpOp::kLdMatrix, CallSite(nullptr, 0));
+}
+
+void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  auto& runtime = pdpool::cuda_emulation::Active("MmaBf16");
+  int tid = runtime.current;
+  int lane = tid % 32;
+  auto& warp = runtime.warps[static_cast<size_t>(tid / 32)];
+  warp.mma_a[lane] = a;
+  warp.mma_b0[lane] = b0;
+  warp.mma_b1[lane] = b1;
+  warp.mma_d[lane] = d;
+  runtime.WarpCollective(WarpOp::kMma, CallSite(nullptr, 0));
+}
+
+}  // namespace pdpool::agent::cuda::emulation
