@@ -390,6 +390,8 @@ class Runtime {
     error.clear();
     queue_.assign(static_cast<size_t>(threads), 0);
     head_ = count_ = 0;
+    warp_ready_.assign(static_cast<size_t>((threads + 31) / 32), {});
+    favored_warp_ = -1;
     std::vector<int> order;
     for (int tid = 0; tid < threads; ++tid) {
       Fiber& fiber = fibers[static_cast<size_t>(tid)];
@@ -424,7 +426,11 @@ class Runtime {
   // ---- scheduling ----
 
   void Push(int tid) {
-    queue_[(head_ + count_) % queue_.size()] = tid;
+    if (g_schedule_seed != 0) {
+      warp_ready_[static_cast<size_t>(tid / 32)].push_back(tid);
+    } else {
+      queue_[(head_ + count_) % queue_.size()] = tid;
+    }
     ++count_;
   }
 
@@ -441,22 +447,17 @@ class Runtime {
   // __syncthreads or returns), then another chosen at random, so that a missing __syncthreads
   // between warps shows up as a race (stale or unlanded shared memory).
   int PopReadyFavoringOneWarp() {
-    const size_t size = queue_.size();
-    size_t pick = count_;
-    for (size_t i = 0; i < count_; ++i) {
-      if (queue_[(head_ + i) % size] / 32 == favored_warp_) {
-        pick = i;
-        break;
+    if (favored_warp_ < 0 || warp_ready_[static_cast<size_t>(favored_warp_)].empty()) {
+      int candidates[32];
+      int n = 0;
+      for (size_t w = 0; w < warp_ready_.size(); ++w) {
+        if (!warp_ready_[w].empty()) candidates[n++] = static_cast<int>(w);
       }
+      favored_warp_ = candidates[Random() % static_cast<uint64_t>(n)];
     }
-    if (pick == count_) {
-      pick = Random() % count_;
-      favored_warp_ = queue_[(head_ + pick) % size] / 32;
-    }
-    const int tid = queue_[(head_ + pick) % size];
-    for (size_t i = pick; i + 1 < count_; ++i) {
-      queue_[(head_ + i) % size] = queue_[(head_ + i + 1) % size];
-    }
+    std::deque<int>& ready = warp_ready_[static_cast<size_t>(favored_warp_)];
+    const int tid = ready.front();
+    ready.pop_front();
     --count_;
     return tid;
   }
@@ -973,7 +974,8 @@ class Runtime {
   std::vector<int> queue_;    // ring buffer of ready threads
   std::vector<int> release_;  // scratch: threads a barrier or collective releases
   size_t head_ = 0;
-  int favored_warp_ = -1;  // with a schedule seed: the warp that runs ahead
+  std::vector<std::deque<int>> warp_ready_;  // with a schedule seed: ready threads by warp
+  int favored_warp_ = -1;                    // with a schedule seed: the warp that runs ahead
   size_t count_ = 0;
   uint64_t rng_ = 0;
 };

@@ -92,8 +92,9 @@
 //  - Thread switches use a few lines of x86-64 assembly; other architectures (or
 //    -DPDPOOL_CUDA_EMULATION_UCONTEXT) use glibc's swapcontext, about 30 times slower.
 //  - Not emulated (a kernel using them does not compile): partial-warp masks, __activemask,
-//    __match_*_sync, __reduce_*_sync, atomics, __ldg, cooperative groups, other mma shapes and
-//    types, ldmatrix .x1/.x2, stmatrix, cp.async sizes other than 16 and .ca, TMA/wgmma.
+//    __match_*_sync, __reduce_*_sync, atomics other than atomicMax on int, __ldg, cooperative
+//    groups, other mma shapes and types, ldmatrix .x1/.x2, stmatrix, cp.async sizes other than
+//    16 and .ca, TMA/wgmma.
 #pragma once
 
 #include <math.h>
@@ -220,6 +221,13 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, pdpool::cuda_emulation::Call
 // Fibers see each other's writes at once; fences have nothing to do.
 inline void __threadfence_block() {}
 inline void __threadfence() {}
+// Threads are fibers on one OS thread that switch only at barriers and collectives, so a plain
+// read-modify-write is atomic.
+inline int atomicMax(int* address, int value) {
+  const int old = *address;
+  if (value > old) *address = value;
+  return old;
+}
 
 namespace pdpool::cuda_emulation::detail {
 template <typename T>

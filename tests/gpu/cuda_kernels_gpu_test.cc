@@ -19,12 +19,19 @@
 #include "agent/engine/sampling.h"
 #include "tests/gpu/gpu_test_support.h"
 #include "tests/gpu/paged_attention_case.h"
+#include "tests/gpu/sampling_cases.h"
 
 namespace pdpool::agent::cuda {
 namespace {
 
+using ::pdpool::testing::AbsorbedRangeCase;
+using ::pdpool::testing::AbsorbedRangeDraws;
+using ::pdpool::testing::CpuGreedy;
+using ::pdpool::testing::ExpectDrawsFollow;
 using ::pdpool::testing::FreshSeed;
+using ::pdpool::testing::GreedyRows;
 using ::pdpool::testing::MakeCase;
+using ::pdpool::testing::NucleusDistribution;
 using ::pdpool::testing::PagedCase;
 using ::pdpool::testing::Reference;
 using ::pdpool::testing::RelativeError;
@@ -161,24 +168,8 @@ TEST_F(SamplingKernelTest, GreedyIsTheCpuArgmax) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const int vocab = 128256, rows = 6;
-  std::normal_distribution<float> n(0.0f, 3.0f);
-  std::vector<float> logits(static_cast<size_t>(vocab) * rows);
-  for (auto& x : logits) x = n(rng);
-  float* r1 = logits.data() + vocab;  // ties: the lowest id wins
-  r1[500] = r1[90000] = 1e4f;
-  float* r2 = logits.data() + 2 * vocab;  // NaNs are skipped
-  r2[7] = NAN;
-  r2[8] = 1e4f;
-  float* r3 = logits.data() + 3 * vocab;  // all NaN → 0
-  std::fill(r3, r3 + vocab, NAN);
-  std::vector<SampleRowParams> params(static_cast<size_t>(rows));
-  const std::vector<int32_t> got = Sample(logits, vocab, params);
-  for (int r = 0; r < rows; ++r) {
-    std::vector<float> row(logits.begin() + int64_t{r} * vocab,
-                           logits.begin() + int64_t{r + 1} * vocab);
-    EXPECT_EQ(got[static_cast<size_t>(r)], SampleToken(row, SamplingParams{0.0, 1.0, 0}, 0))
-        << "row " << r;
-  }
+  const std::vector<float> logits = GreedyRows(rng, vocab, rows);
+  EXPECT_EQ(Sample(logits, vocab, std::vector<SampleRowParams>(rows)), CpuGreedy(logits, vocab));
 }
 
 // Draws many tokens (one row per sample_index) from a small vocabulary and compares the
@@ -202,75 +193,26 @@ TEST_F(SamplingKernelTest, TopPDrawsFollowTheNucleusDistribution) {
   }
   const std::vector<int32_t> first = Sample(logits, vocab, params);
   EXPECT_EQ(first, Sample(logits, vocab, params)) << "sampling is not deterministic";
-
-  // The exact nucleus: descending probability, ties by id, until top_p of the mass.
-  std::vector<double> p(static_cast<size_t>(vocab));
-  const double max = *std::max_element(row.begin(), row.end());
-  double total = 0;
-  for (int i = 0; i < vocab; ++i)
-    total += p[static_cast<size_t>(i)] =
-        std::exp((row[static_cast<size_t>(i)] - max) / temperature);
-  std::vector<int> order(static_cast<size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
-    return p[static_cast<size_t>(a)] > p[static_cast<size_t>(b)];
-  });
-  std::vector<bool> kept(static_cast<size_t>(vocab), false);
-  double kept_mass = 0;
-  for (int id : order) {
-    kept[static_cast<size_t>(id)] = true;
-    kept_mass += p[static_cast<size_t>(id)];
-    if (kept_mass >= top_p * total) break;
-  }
-  std::vector<int> counts(static_cast<size_t>(vocab), 0);
-  for (int32_t t : first) {
-    ASSERT_GE(t, 0);
-    ASSERT_LT(t, vocab);
-    ++counts[static_cast<size_t>(t)];
-  }
-  for (int i = 0; i < vocab; ++i) {
-    if (!kept[static_cast<size_t>(i)]) {
-      EXPECT_EQ(counts[static_cast<size_t>(i)], 0) << "token " << i << " is outside the nucleus";
-      continue;
-    }
-    const double expect = draws * p[static_cast<size_t>(i)] / kept_mass;
-    const double sd = std::sqrt(expect * (1 - p[static_cast<size_t>(i)] / kept_mass));
-    EXPECT_NEAR(counts[static_cast<size_t>(i)], expect, 5 * sd + 1) << "token " << i;
-  }
+  ExpectDrawsFollow(first, NucleusDistribution(row, temperature, top_p));
 }
 
 // The walk inside one thread's range can stall: weights below half an ulp of the running sum
-// are absorbed, so the sum never passes a target that lies in the range. Token 0 has weight 1;
-// the second thread's range (tokens 126..251 of 1024 threads × 126) holds 126 weights of
-// 0.45 · 2⁻²³ each, which vanish when added to 1.0; token vocab − 1 has the same tiny weight.
-// For a draw that lands in that range the kernel must return a token of that range, not the
-// last kept token of the vocabulary. The draw is found on the host with the same
-// counter-based uniform.
+// are absorbed, so the sum never passes a target inside the range (sampling_cases.h). The
+// kernel must return a token of that range, not the last kept token of the vocabulary.
 TEST_F(SamplingKernelTest, ADrawInARangeOfAbsorbedWeightsStaysInThatRange) {
-  const int vocab = 128256;
-  const float tiny = std::log(0.45f * std::ldexp(1.0f, -23));
-  std::vector<float> row(static_cast<size_t>(vocab), -INFINITY);
-  row[0] = 0.0f;
-  for (int i = 126; i < 252; ++i) row[static_cast<size_t>(i)] = tiny;
-  row[static_cast<size_t>(vocab - 1)] = tiny;
-  const double w = std::exp(static_cast<double>(tiny));
-  const double range_begin = 1.0, range_end = 1.0 + 126 * w, total = range_end + w;
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
+  const AbsorbedRangeCase c = AbsorbedRangeDraws(seed, 4);
+  ASSERT_FALSE(c.sample_indexes.empty()) << "no draw landed in the range; try another seed";
   std::vector<float> logits;
   std::vector<SampleRowParams> params;
-  for (int32_t index = 0; index < 20'000'000 && params.size() < 4; ++index) {
-    const double target = SampleUniform(seed, index) * total;
-    // Well inside the range, away from float rounding at its ends.
-    if (target > range_begin + 8 * w && target < range_end - 8 * w) {
-      logits.insert(logits.end(), row.begin(), row.end());
-      params.push_back(SampleRowParams{1.0f, 1.0f, seed, index, 0});
-    }
+  for (int32_t index : c.sample_indexes) {
+    logits.insert(logits.end(), c.row.begin(), c.row.end());
+    params.push_back(SampleRowParams{1.0f, 1.0f, seed, index, 0});
   }
-  ASSERT_FALSE(params.empty()) << "no draw landed in the range; try another seed";
-  for (int32_t token : Sample(logits, vocab, params)) {
-    EXPECT_GE(token, 126);
-    EXPECT_LT(token, 252);
+  for (int32_t token : Sample(logits, AbsorbedRangeCase::kVocab, params)) {
+    EXPECT_GE(token, AbsorbedRangeCase::kFirst);
+    EXPECT_LT(token, AbsorbedRangeCase::kEnd);
   }
 }
 

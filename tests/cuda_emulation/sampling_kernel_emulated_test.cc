@@ -1,0 +1,101 @@
+// The sampling kernel's body (agent/engine/cuda/sampling_kernel.cuh) run on the CPU under the
+// warp emulator (warp_emulator.h), against the same cases as the GPU tests
+// (tests/gpu/sampling_cases.h): greedy equals the CPU's argmax with ties and NaN; top-p draws
+// follow the exact nucleus distribution; a draw among absorbed weights stays in its range.
+// Checks the block reductions, the threshold search and the walk on machines without a GPU.
+// Label unit.
+// clang-format off
+// First: the CUDA builtins (threadIdx, __syncthreads, atomicMax) that the kernel body uses.
+#include "tests/cuda_emulation/warp_emulator.h"
+// clang-format on
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "agent/engine/cuda/sampling_kernel.cuh"
+#include "tests/gpu/gpu_test_support.h"
+#include "tests/gpu/sampling_cases.h"
+
+namespace pdpool::agent::cuda {
+namespace {
+
+using ::pdpool::cuda_emulation::RunGrid;
+using ::pdpool::cuda_emulation::SetScheduleSeed;
+using ::pdpool::testing::AbsorbedRangeCase;
+using ::pdpool::testing::AbsorbedRangeDraws;
+using ::pdpool::testing::CpuGreedy;
+using ::pdpool::testing::ExpectDrawsFollow;
+using ::pdpool::testing::FreshSeed;
+using ::pdpool::testing::GreedyRows;
+using ::pdpool::testing::NucleusDistribution;
+
+std::vector<int32_t> Sample(const std::vector<float>& logits, int vocab,
+                            const std::vector<SampleRowParams>& params) {
+  const int rows = static_cast<int>(params.size());
+  std::vector<float> weights(logits.size());
+  std::vector<int32_t> tokens(params.size(), -7);
+  RunGrid(dim3(rows), kSampleThreads, sizeof(SampleShared), [&](unsigned char* shared) {
+    SampleBlock(logits.data(), weights.data(), vocab, params.data(), tokens.data(),
+                *reinterpret_cast<SampleShared*>(shared));
+  });
+  return tokens;
+}
+
+class EmulatedSamplingTest : public ::testing::Test {
+ protected:
+  void TearDown() override { SetScheduleSeed(0); }
+};
+
+TEST_F(EmulatedSamplingTest, GreedyIsTheCpuArgmax) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  SetScheduleSeed(seed | 1);
+  const int vocab = 128256, rows = 5;
+  const std::vector<float> logits = GreedyRows(rng, vocab, rows);
+  EXPECT_EQ(Sample(logits, vocab, std::vector<SampleRowParams>(rows)), CpuGreedy(logits, vocab));
+}
+
+// Fewer draws than the GPU test's 20000 (each emulated block is 1024 fibers), so the bounds
+// are looser, but a token outside the nucleus still fails at once.
+TEST_F(EmulatedSamplingTest, TopPDrawsFollowTheNucleusDistribution) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  SetScheduleSeed(seed | 1);
+  const int vocab = 40, draws = 400;
+  std::normal_distribution<float> n(0.0f, 1.5f);
+  std::vector<float> row(static_cast<size_t>(vocab));
+  for (auto& x : row) x = n(rng);
+  const double temperature = 0.8, top_p = 0.7;
+  std::vector<float> logits;
+  std::vector<SampleRowParams> params;
+  for (int i = 0; i < draws; ++i) {
+    logits.insert(logits.end(), row.begin(), row.end());
+    params.push_back(
+        SampleRowParams{static_cast<float>(temperature), static_cast<float>(top_p), seed, i, 0});
+  }
+  ExpectDrawsFollow(Sample(logits, vocab, params), NucleusDistribution(row, temperature, top_p));
+}
+
+TEST_F(EmulatedSamplingTest, ADrawInARangeOfAbsorbedWeightsStaysInThatRange) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const AbsorbedRangeCase c = AbsorbedRangeDraws(seed, 2);
+  ASSERT_FALSE(c.sample_indexes.empty()) << "no draw landed in the range; try another seed";
+  std::vector<float> logits;
+  std::vector<SampleRowParams> params;
+  for (int32_t index : c.sample_indexes) {
+    logits.insert(logits.end(), c.row.begin(), c.row.end());
+    params.push_back(SampleRowParams{1.0f, 1.0f, seed, index, 0});
+  }
+  for (int32_t token : Sample(logits, AbsorbedRangeCase::kVocab, params)) {
+    EXPECT_GE(token, AbsorbedRangeCase::kFirst);
+    EXPECT_LT(token, AbsorbedRangeCase::kEnd);
+  }
+}
+
+}  // namespace
+}  // namespace pdpool::agent::cuda

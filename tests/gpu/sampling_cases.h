@@ -1,0 +1,124 @@
+// Test cases for the sampling kernel, shared by the GPU tests (tests/gpu) and the emulated
+// kernel tests (tests/cuda_emulation): greedy rows with ties and NaN, the exact nucleus
+// (top-p) distribution that draws must follow, and a row whose draw can land among weights too
+// small to move a float sum past 1.0. Host code only; plain functions.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "agent/engine/cuda/kernels.h"
+#include "agent/engine/sampling.h"
+
+namespace pdpool::testing {
+
+// `rows` rows of `vocab` normal logits; row 1 has a tie (the lowest id must win), row 2 a NaN
+// next to the maximum, row 3 is all NaN (token 0).
+inline std::vector<float> GreedyRows(std::mt19937_64& rng, int vocab, int rows) {
+  std::normal_distribution<float> n(0.0f, 3.0f);
+  std::vector<float> logits(static_cast<size_t>(vocab) * rows);
+  for (auto& x : logits) x = n(rng);
+  float* r1 = logits.data() + vocab;
+  r1[500 % vocab] = r1[(vocab * 2) / 3] = 1e4f;
+  float* r2 = logits.data() + 2 * vocab;
+  r2[7] = NAN;
+  r2[8] = 1e4f;
+  float* r3 = logits.data() + 3 * vocab;
+  std::fill(r3, r3 + vocab, NAN);
+  return logits;
+}
+
+// The CPU's greedy token of each row.
+inline std::vector<int32_t> CpuGreedy(const std::vector<float>& logits, int vocab) {
+  std::vector<int32_t> tokens;
+  for (size_t at = 0; at < logits.size(); at += static_cast<size_t>(vocab)) {
+    const std::vector<float> row(logits.begin() + static_cast<int64_t>(at),
+                                 logits.begin() + static_cast<int64_t>(at) + vocab);
+    tokens.push_back(agent::SampleToken(row, agent::SamplingParams{0.0, 1.0, 0}, 0));
+  }
+  return tokens;
+}
+
+// The exact distribution of nucleus sampling: descending probability, ties by id, until top_p
+// of the mass; 0 outside the nucleus.
+inline std::vector<double> NucleusDistribution(const std::vector<float>& row, double temperature,
+                                               double top_p) {
+  const size_t vocab = row.size();
+  std::vector<double> p(vocab);
+  const double max = *std::max_element(row.begin(), row.end());
+  double total = 0;
+  for (size_t i = 0; i < vocab; ++i) total += p[i] = std::exp((row[i] - max) / temperature);
+  std::vector<size_t> order(vocab);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return p[a] > p[b]; });
+  std::vector<double> nucleus(vocab, 0.0);
+  double kept_mass = 0;
+  for (size_t id : order) {
+    nucleus[id] = p[id];
+    kept_mass += p[id];
+    if (kept_mass >= top_p * total) break;
+  }
+  for (double& x : nucleus) x /= kept_mass;
+  return nucleus;
+}
+
+// Every draw inside the nucleus, and each token's count within 5 standard deviations.
+inline void ExpectDrawsFollow(const std::vector<int32_t>& draws,
+                              const std::vector<double>& distribution) {
+  const int vocab = static_cast<int>(distribution.size());
+  std::vector<int> counts(distribution.size(), 0);
+  for (int32_t t : draws) {
+    ASSERT_GE(t, 0);
+    ASSERT_LT(t, vocab);
+    ++counts[static_cast<size_t>(t)];
+  }
+  const double n = static_cast<double>(draws.size());
+  for (size_t i = 0; i < distribution.size(); ++i) {
+    const double p = distribution[i];
+    if (p == 0.0) {
+      EXPECT_EQ(counts[i], 0) << "token " << i << " is outside the nucleus";
+      continue;
+    }
+    EXPECT_NEAR(counts[i], n * p, 5 * std::sqrt(n * p * (1 - p)) + 1) << "token " << i;
+  }
+}
+
+// A row of 128256 logits (1024 threads of 126 ids each): token 0 has weight 1; the second
+// thread's range, ids 126..251, holds 126 weights of 0.45 · 2⁻²³, which vanish when added to
+// 1.0; the last id has the same tiny weight. A draw that lands in that range must return an id
+// of that range. AbsorbedRangeDraws finds, with the host's SampleUniform, up to `wanted` sample
+// indexes whose draw lands well inside it.
+struct AbsorbedRangeCase {
+  static constexpr int kVocab = 128256;
+  static constexpr int kFirst = 126, kEnd = 252;  // the range [kFirst, kEnd)
+  std::vector<float> row;
+  std::vector<int32_t> sample_indexes;
+};
+
+inline AbsorbedRangeCase AbsorbedRangeDraws(uint64_t seed, size_t wanted) {
+  AbsorbedRangeCase c;
+  const float tiny = std::log(0.45f * std::ldexp(1.0f, -23));
+  c.row.assign(AbsorbedRangeCase::kVocab, -INFINITY);
+  c.row[0] = 0.0f;
+  for (int i = AbsorbedRangeCase::kFirst; i < AbsorbedRangeCase::kEnd; ++i) {
+    c.row[static_cast<size_t>(i)] = tiny;
+  }
+  c.row.back() = tiny;
+  const double w = std::exp(static_cast<double>(tiny));
+  const double begin = 1.0, end = 1.0 + 126 * w, total = end + w;
+  for (int32_t index = 0; index < 20'000'000 && c.sample_indexes.size() < wanted; ++index) {
+    const double target = agent::SampleUniform(seed, index) * total;
+    if (target > begin + 8 * w && target < end - 8 * w) {  // away from float rounding at the ends
+      c.sample_indexes.push_back(index);
+    }
+  }
+  return c;
+}
+
+}  // namespace pdpool::testing
