@@ -23,13 +23,17 @@ namespace {
 
 using ::pdpool::cuda_emulation::RunGrid;
 using ::pdpool::cuda_emulation::SetScheduleSeed;
+using ::pdpool::testing::AbsorbedRangeBatch;
 using ::pdpool::testing::AbsorbedRangeCase;
 using ::pdpool::testing::AbsorbedRangeDraws;
 using ::pdpool::testing::CpuGreedy;
+using ::pdpool::testing::ExpectAllInAbsorbedRange;
 using ::pdpool::testing::ExpectDrawsFollow;
 using ::pdpool::testing::FreshSeed;
 using ::pdpool::testing::GreedyRows;
+using ::pdpool::testing::NucleusBatch;
 using ::pdpool::testing::NucleusDistribution;
+using ::pdpool::testing::SampleBatch;
 
 std::vector<int32_t> Sample(const std::vector<float>& logits, int vocab,
                             const std::vector<SampleRowParams>& params) {
@@ -65,19 +69,10 @@ TEST_F(EmulatedSamplingTest, TopPDrawsFollowTheNucleusDistribution) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   SetScheduleSeed(seed | 1);
-  const int vocab = 40, draws = 400;
-  std::normal_distribution<float> n(0.0f, 1.5f);
-  std::vector<float> row(static_cast<size_t>(vocab));
-  for (auto& x : row) x = n(rng);
   const double temperature = 0.8, top_p = 0.7;
-  std::vector<float> logits;
-  std::vector<SampleRowParams> params;
-  for (int i = 0; i < draws; ++i) {
-    logits.insert(logits.end(), row.begin(), row.end());
-    params.push_back(
-        SampleRowParams{static_cast<float>(temperature), static_cast<float>(top_p), seed, i, 0});
-  }
-  ExpectDrawsFollow(Sample(logits, vocab, params), NucleusDistribution(row, temperature, top_p));
+  std::vector<float> row;
+  const SampleBatch b = NucleusBatch(rng, seed, 40, 400, temperature, top_p, &row);
+  ExpectDrawsFollow(Sample(b.logits, 40, b.params), NucleusDistribution(row, temperature, top_p));
 }
 
 TEST_F(EmulatedSamplingTest, ADrawInARangeOfAbsorbedWeightsStaysInThatRange) {
@@ -85,16 +80,8 @@ TEST_F(EmulatedSamplingTest, ADrawInARangeOfAbsorbedWeightsStaysInThatRange) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   const AbsorbedRangeCase c = AbsorbedRangeDraws(seed, 2);
   ASSERT_FALSE(c.sample_indexes.empty()) << "no draw landed in the range; try another seed";
-  std::vector<float> logits;
-  std::vector<SampleRowParams> params;
-  for (int32_t index : c.sample_indexes) {
-    logits.insert(logits.end(), c.row.begin(), c.row.end());
-    params.push_back(SampleRowParams{1.0f, 1.0f, seed, index, 0});
-  }
-  for (int32_t token : Sample(logits, AbsorbedRangeCase::kVocab, params)) {
-    EXPECT_GE(token, AbsorbedRangeCase::kFirst);
-    EXPECT_LT(token, AbsorbedRangeCase::kEnd);
-  }
+  const SampleBatch b = AbsorbedRangeBatch(c, seed);
+  ExpectAllInAbsorbedRange(Sample(b.logits, AbsorbedRangeCase::kVocab, b.params));
 }
 
 }  // namespace

@@ -107,6 +107,11 @@
 #include <functional>
 #include <type_traits>
 
+#if !defined(PDPOOL_CUDA_EMULATION)
+#error "build the warp emulator and its users with -DPDPOOL_CUDA_EMULATION"
+#endif
+#include "agent/engine/cuda/warp_mma.cuh"
+
 namespace pdpool::cuda_emulation {
 
 // Runs every block of `grid` (blockIdx.x fastest, then y, then z) with `threads_per_block` threads
@@ -178,23 +183,9 @@ unsigned Vote(WarpOp op, unsigned mask, int predicate, const CallSite& where);
 
 }  // namespace pdpool::cuda_emulation
 
-namespace pdpool::agent::cuda::emulation {
-
-// Byte offset of `pointer` within the current block's shared memory; throws if it is outside it
-// (one past the end is accepted, as a C++ pointer may point there).
-uint32_t SharedAddress(const void* pointer);
-// cp.async.cg.shared.global [dst], [src], 16, valid ? 16 : 0 (zero fill when !valid).
-void CopyAsync16(uint32_t dst, const void* src, bool valid);
-// cp.async.commit_group.
-void CommitAsyncCopies();
-// cp.async.wait_group pending.
-void WaitAsyncCopies(int pending);
-// ldmatrix.sync.aligned.m8n8.x4{.trans}.shared.b16; `address` is this lane's row address.
-void LoadMatrixX4(uint32_t (&r)[4], uint32_t address, bool transposed);
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, {b0, b1}, d.
-void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-
-}  // namespace pdpool::agent::cuda::emulation
+// The device primitives (SharedAddress, CopyAsync16, CommitAsyncCopies, WaitAsyncCopies,
+// LoadMatrixX4, MmaBf16 in pdpool::agent::cuda::emulation) are declared by warp_mma.cuh, which
+// calls them under PDPOOL_CUDA_EMULATION; warp_emulator.cc defines them.
 
 // ---- CUDA built-ins, in the global namespace as nvcc provides them ----------------------------
 

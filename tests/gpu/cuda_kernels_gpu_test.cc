@@ -24,18 +24,22 @@
 namespace pdpool::agent::cuda {
 namespace {
 
+using ::pdpool::testing::AbsorbedRangeBatch;
 using ::pdpool::testing::AbsorbedRangeCase;
 using ::pdpool::testing::AbsorbedRangeDraws;
 using ::pdpool::testing::CpuGreedy;
+using ::pdpool::testing::ExpectAllInAbsorbedRange;
 using ::pdpool::testing::ExpectDrawsFollow;
 using ::pdpool::testing::FreshSeed;
 using ::pdpool::testing::GreedyRows;
 using ::pdpool::testing::MakeCase;
+using ::pdpool::testing::NucleusBatch;
 using ::pdpool::testing::NucleusDistribution;
 using ::pdpool::testing::PagedCase;
 using ::pdpool::testing::Reference;
 using ::pdpool::testing::RelativeError;
 using ::pdpool::testing::RoundBf16;
+using ::pdpool::testing::SampleBatch;
 using ::pdpool::testing::ToFloat;
 
 #define ASSERT_CUDA(call) \
@@ -179,20 +183,11 @@ TEST_F(SamplingKernelTest, TopPDrawsFollowTheNucleusDistribution) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  const int vocab = 40, draws = 20000;
-  std::normal_distribution<float> n(0.0f, 1.5f);
-  std::vector<float> row(static_cast<size_t>(vocab));
-  for (auto& x : row) x = n(rng);
   const double temperature = 0.8, top_p = 0.7;
-  std::vector<float> logits;
-  std::vector<SampleRowParams> params;
-  for (int i = 0; i < draws; ++i) {
-    logits.insert(logits.end(), row.begin(), row.end());
-    params.push_back(
-        SampleRowParams{static_cast<float>(temperature), static_cast<float>(top_p), seed, i, 0});
-  }
-  const std::vector<int32_t> first = Sample(logits, vocab, params);
-  EXPECT_EQ(first, Sample(logits, vocab, params)) << "sampling is not deterministic";
+  std::vector<float> row;
+  const SampleBatch b = NucleusBatch(rng, seed, 40, 20000, temperature, top_p, &row);
+  const std::vector<int32_t> first = Sample(b.logits, 40, b.params);
+  EXPECT_EQ(first, Sample(b.logits, 40, b.params)) << "sampling is not deterministic";
   ExpectDrawsFollow(first, NucleusDistribution(row, temperature, top_p));
 }
 
@@ -204,16 +199,8 @@ TEST_F(SamplingKernelTest, ADrawInARangeOfAbsorbedWeightsStaysInThatRange) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   const AbsorbedRangeCase c = AbsorbedRangeDraws(seed, 4);
   ASSERT_FALSE(c.sample_indexes.empty()) << "no draw landed in the range; try another seed";
-  std::vector<float> logits;
-  std::vector<SampleRowParams> params;
-  for (int32_t index : c.sample_indexes) {
-    logits.insert(logits.end(), c.row.begin(), c.row.end());
-    params.push_back(SampleRowParams{1.0f, 1.0f, seed, index, 0});
-  }
-  for (int32_t token : Sample(logits, AbsorbedRangeCase::kVocab, params)) {
-    EXPECT_GE(token, AbsorbedRangeCase::kFirst);
-    EXPECT_LT(token, AbsorbedRangeCase::kEnd);
-  }
+  const SampleBatch b = AbsorbedRangeBatch(c, seed);
+  ExpectAllInAbsorbedRange(Sample(b.logits, AbsorbedRangeCase::kVocab, b.params));
 }
 
 }  // namespace

@@ -121,4 +121,43 @@ inline AbsorbedRangeCase AbsorbedRangeDraws(uint64_t seed, size_t wanted) {
   return c;
 }
 
+// Rows of logits and their sampler parameters, one row per draw.
+struct SampleBatch {
+  std::vector<float> logits;
+  std::vector<agent::cuda::SampleRowParams> params;
+};
+
+// `draws` copies of a row of `vocab` normal logits (sd 1.5), sample indexes 0 … draws − 1:
+// the row is returned in *row.
+inline SampleBatch NucleusBatch(std::mt19937_64& rng, uint64_t seed, int vocab, int draws,
+                                double temperature, double top_p, std::vector<float>* row) {
+  std::normal_distribution<float> n(0.0f, 1.5f);
+  row->assign(static_cast<size_t>(vocab), 0.0f);
+  for (auto& x : *row) x = n(rng);
+  SampleBatch b;
+  for (int i = 0; i < draws; ++i) {
+    b.logits.insert(b.logits.end(), row->begin(), row->end());
+    b.params.push_back(agent::cuda::SampleRowParams{static_cast<float>(temperature),
+                                                    static_cast<float>(top_p), seed, i, 0});
+  }
+  return b;
+}
+
+// One row of the absorbed-range case per draw found (temperature 1, top_p 1).
+inline SampleBatch AbsorbedRangeBatch(const AbsorbedRangeCase& c, uint64_t seed) {
+  SampleBatch b;
+  for (int32_t index : c.sample_indexes) {
+    b.logits.insert(b.logits.end(), c.row.begin(), c.row.end());
+    b.params.push_back(agent::cuda::SampleRowParams{1.0f, 1.0f, seed, index, 0});
+  }
+  return b;
+}
+
+inline void ExpectAllInAbsorbedRange(const std::vector<int32_t>& tokens) {
+  for (int32_t token : tokens) {
+    EXPECT_GE(token, AbsorbedRangeCase::kFirst);
+    EXPECT_LT(token, AbsorbedRangeCase::kEnd);
+  }
+}
+
 }  // namespace pdpool::testing

@@ -3,11 +3,11 @@
 // Each attention block is one warp and takes one (split, KV head, sequence). The group's query
 // heads are the 16 rows of an m16n8k16 MMA (rows past the group are zeros), so K and V are read
 // from the paged cache once for the whole group, 16 keys at a time, through a four-stage
-// cp.async pipeline; scores, softmax state and the output stay in registers. Each block writes
-// a partial (weighted V, max, sum) per query head; the combine block merges the splits.
-// Memory-bound by design: the bytes are the context's K and V, read once, and the loads are
-// 16-byte, coalesced and several tiles deep. A header so that tests can also run it on the host
-// under tests/cuda_emulation; device code only.
+// cp.async pipeline; scores, softmax state and the output stay in registers (the per-tile steps
+// are attention_tile.cuh's). Each block writes a partial (weighted V, max, sum) per query head;
+// the combine block merges the splits. Memory-bound by design: the bytes are the context's K and
+// V, read once, and the loads are 16-byte, coalesced and several tiles deep. A header so that
+// tests can also run it on the host under tests/cuda_emulation; device code only.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "agent/engine/cuda/attention_tile.cuh"
 #include "agent/engine/cuda/kernels.h"
 #include "agent/engine/cuda/warp_mma.cuh"
 
@@ -24,9 +25,10 @@ constexpr int kDecodeMaxGroup = 16;  // query heads per KV head (405B: 128 / 8):
 constexpr int kDecodeKeys = 16;      // keys per pipeline stage
 constexpr int kDecodeStages = 4;
 
-// Shared memory of one block (one warp): the group's query rows, then kDecodeStages × (K, V) tiles.
-// Rows are padded by 16 bytes so that the eight rows one ldmatrix reads fall in different banks.
-// Under the 48 KB that needs no opt-in, so the launch is the same inside a CUDA graph capture.
+// Shared memory of one block (one warp): the group's query rows, then kDecodeStages × (K, V)
+// tiles. Rows are padded by 16 bytes so that the eight rows one ldmatrix reads fall in different
+// banks. Under the 48 KB that needs no opt-in, so the launch is the same inside a CUDA graph
+// capture.
 template <int HD>
 struct DecodeSmem {
   static constexpr int kLd = HD + 8;  // bf16 per row
@@ -37,33 +39,6 @@ struct DecodeSmem {
   static __device__ bf16* V(bf16* q_s, int stage) { return q_s + kQ + (2 * stage + 1) * kTile; }
 };
 static_assert(DecodeSmem<128>::kBytes <= 48 * 1024, "decode attention must not need opt-in");
-
-// Starts the copies of keys [key0, key0 + kDecodeKeys) of one KV head; keys at or past `end` become
-// zeros (and are masked).
-template <int HD>
-__device__ __forceinline__ void LoadDecodeTile(const bf16* __restrict__ layer_cache,
-                                               const int32_t* __restrict__ table,
-                                               const KvCacheGeometry& g, int kv_head, int key0,
-                                               int end, bf16* k_s, bf16* v_s) {
-  using L = DecodeSmem<HD>;
-  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
-  const int lane = threadIdx.x;
-#pragma unroll
-  for (int e = lane; e < kDecodeKeys * kChunks; e += 32) {
-    const int j = e / kChunks, chunk = e % kChunks;
-    const int t = key0 + j;
-    const bool valid = t < end;
-    const bf16* k_src = layer_cache;
-    if (valid) {
-      const int64_t block = table[t / g.block_size];
-      k_src = layer_cache + block * g.block_stride + kv_head * g.head_stride +
-              int64_t{t % g.block_size} * HD + chunk * 8;
-    }
-    CopyAsync16(SharedAddress(k_s + j * L::kLd + chunk * 8), k_src, valid);
-    CopyAsync16(SharedAddress(v_s + j * L::kLd + chunk * 8), valid ? k_src + g.kv_stride : k_src,
-                valid);
-  }
-}
 
 // One block of one warp; smem is DecodeSmem<HD>::kBytes of shared memory.
 template <int HD>
@@ -102,8 +77,8 @@ __device__ __forceinline__ void DecodeAttentionBlock(
 #pragma unroll
   for (int st = 0; st < kDecodeStages - 1; ++st) {
     if (st < num_tiles) {
-      LoadDecodeTile<HD>(layer_cache, table, g, kv_head, begin + st * kDecodeKeys, end,
-                         L::K(q_s, st), L::V(q_s, st));
+      CopyPagedKvTile<HD, kDecodeKeys, 32>(layer_cache, table, g, kv_head, begin + st * kDecodeKeys,
+                                           end, L::K(q_s, st), L::V(q_s, st), L::kLd, lane);
     }
     CommitAsyncCopies();
   }
@@ -118,90 +93,28 @@ __device__ __forceinline__ void DecodeAttentionBlock(
   for (int i = 0; i < num_tiles; ++i) {
     const int ahead = i + kDecodeStages - 1;
     if (ahead < num_tiles) {
-      LoadDecodeTile<HD>(layer_cache, table, g, kv_head, begin + ahead * kDecodeKeys, end,
-                         L::K(q_s, ahead % kDecodeStages), L::V(q_s, ahead % kDecodeStages));
+      CopyPagedKvTile<HD, kDecodeKeys, 32>(
+          layer_cache, table, g, kv_head, begin + ahead * kDecodeKeys, end,
+          L::K(q_s, ahead % kDecodeStages), L::V(q_s, ahead % kDecodeStages), L::kLd, lane);
     }
     CommitAsyncCopies();
     WaitAsyncCopies<kDecodeStages - 1>();
     __syncwarp();
-    if (i == 0) {
-#pragma unroll
-      for (int k16 = 0; k16 < HD / 16; ++k16) {
-        const int row = (lane & 7) + ((lane >> 3) & 1) * 8;
-        LoadMatrixX4(q_frag[k16], SharedAddress(q_s + row * L::kLd + k16 * 16 + (lane >> 4) * 8));
-      }
-    }
-    const bf16* k_s = L::K(q_s, i % kDecodeStages);
-    const bf16* v_s = L::V(q_s, i % kDecodeStages);
-
-    // S = Q·Kᵀ: 16 rows × 16 keys, two 16×8 accumulators.
-    float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll
-    for (int k16 = 0; k16 < HD / 16; ++k16) {
-      // Matrices: keys 0..7 / dims +0..7, keys 0..7 / dims +8..15, then keys 8..15.
-      const int key = (lane & 7) + (lane >> 4) * 8;
-      const int dim = k16 * 16 + ((lane >> 3) & 1) * 8;
-      uint32_t b[4];
-      LoadMatrixX4(b, SharedAddress(k_s + key * L::kLd + dim));
-      MmaBf16(sc[0], q_frag[k16], b[0], b[1]);
-      MmaBf16(sc[1], q_frag[k16], b[2], b[3]);
-    }
+    if (i == 0) LoadQueryFragments<HD>(q_frag, q_s, L::kLd, lane);
+    float sc[kDecodeKeys / 8][4];
+    ScoreTile<HD, kDecodeKeys>(q_frag, L::K(q_s, i % kDecodeStages), L::kLd, lane, sc);
     // Log2 units; keys past the split's end are masked.
     const int key0 = begin + i * kDecodeKeys;
 #pragma unroll
-    for (int n = 0; n < 2; ++n) {
+    for (int n = 0; n < kDecodeKeys / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = key0 + n * 8 + 2 * t4 + (e & 1);
         sc[n][e] = key < end ? sc[n][e] * scale_log2 : -INFINITY;
       }
     }
-    // Online softmax per row over its quad.
-    float alpha[2], base[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float tile_max =
-          fmaxf(fmaxf(sc[0][2 * h], sc[0][2 * h + 1]), fmaxf(sc[1][2 * h], sc[1][2 * h + 1]));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float new_max = fmaxf(row_max[h], tile_max);
-      base[h] = new_max == -INFINITY ? 0.0f : new_max;  // exp2(−inf − 0) = 0, never NaN
-      alpha[h] = exp2f(row_max[h] - base[h]);
-      row_max[h] = new_max;
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float tile_sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < 2; ++n) {
-#pragma unroll
-        for (int e = 2 * h; e < 2 * h + 2; ++e) {
-          sc[n][e] = exp2f(sc[n][e] - base[h]);
-          tile_sum += sc[n][e];
-        }
-      }
-      row_sum[h] = row_sum[h] * alpha[h] + tile_sum;
-    }
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      o[n][0] *= alpha[0];
-      o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1];
-      o[n][3] *= alpha[1];
-    }
-    // O += P·V: the two score accumulators are P's A fragment; V is read transposed.
-    const uint32_t a[4] = {PackBf16x2(sc[0][0], sc[0][1]), PackBf16x2(sc[0][2], sc[0][3]),
-                           PackBf16x2(sc[1][0], sc[1][1]), PackBf16x2(sc[1][2], sc[1][3])};
-#pragma unroll
-    for (int n16 = 0; n16 < HD / 16; ++n16) {
-      // Matrices: keys 0..7 / dims +0..7, keys 8..15 / dims +0..7, then dims +8..15.
-      const int key = (lane & 7) + ((lane >> 3) & 1) * 8;
-      const int dim = n16 * 16 + (lane >> 4) * 8;
-      uint32_t b[4];
-      LoadMatrixX4Transposed(b, SharedAddress(v_s + key * L::kLd + dim));
-      MmaBf16(o[2 * n16], a, b[0], b[1]);
-      MmaBf16(o[2 * n16 + 1], a, b[2], b[3]);
-    }
+    OnlineSoftmax(sc, row_max, row_sum, o);
+    AccumulateValues<HD, kDecodeKeys>(sc, L::V(q_s, i % kDecodeStages), L::kLd, lane, o);
     __syncwarp();  // this stage is refilled kDecodeStages − 1 tiles from now
   }
   WaitAsyncCopies<0>();  // no copy may land after the block exits
@@ -210,9 +123,7 @@ __device__ __forceinline__ void DecodeAttentionBlock(
   // by zero.
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float sum = row_sum[h];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float sum = QuadSum(row_sum[h]);
     const int r = g8 + 8 * h;
     if (r >= group) continue;
     float* out = partial + ((int64_t{s} * num_heads + kv_head * group + r) * num_splits + split) *

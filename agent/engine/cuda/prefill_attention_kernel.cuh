@@ -4,9 +4,10 @@
 // in registers: the scores, the online softmax (running max and sum) and the output
 // accumulator. bf16 mma.sync with fp32 accumulation for S = Q·Kᵀ and O += P·V; K and V tiles
 // are copied from the paged cache into shared memory with cp.async, the next tile while this
-// one computes. Nothing of size T×T exists; a sequence's earlier context (chunked prefill) is
-// read from the cache like its new tokens. A header so that tests can also run it on the host
-// under tests/cuda_emulation; device code only.
+// one computes (the per-tile steps are attention_tile.cuh's). Nothing of size T×T exists; a
+// sequence's earlier context (chunked prefill) is read from the cache like its new tokens. A
+// header so that tests can also run it on the host under tests/cuda_emulation; device code
+// only.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -14,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "agent/engine/cuda/attention_tile.cuh"
 #include "agent/engine/cuda/kernels.h"
 #include "agent/engine/cuda/warp_mma.cuh"
 
@@ -34,33 +36,6 @@ struct PrefillSmem {
   static __device__ bf16* V(bf16* q_s, int stage) { return q_s + (2 + 2 * stage) * kTile; }
 };
 static_assert(kPrefillTileRows == kPrefillKeys, "Q and K/V tiles share one padded shape");
-
-// Starts the copies of keys [key0, key0 + kPrefillKeys) of one KV head into shared memory; keys at
-// or past key_end become zeros (and are masked, being past every valid row's position).
-template <int HD>
-__device__ __forceinline__ void LoadKvTile(const bf16* __restrict__ layer_cache,
-                                           const int32_t* __restrict__ table,
-                                           const KvCacheGeometry& g, int kv_head, int key0,
-                                           int key_end, bf16* k_s, bf16* v_s) {
-  using L = PrefillSmem<HD>;
-  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
-  constexpr int kPrefillTileRowsPerPass = kPrefillThreads / kChunks;
-  const int chunk = threadIdx.x % kChunks;
-#pragma unroll
-  for (int j = threadIdx.x / kChunks; j < kPrefillKeys; j += kPrefillTileRowsPerPass) {
-    const int t = key0 + j;
-    const bool valid = t < key_end;
-    const bf16* k_src = layer_cache;
-    if (valid) {
-      const int64_t block = table[t / g.block_size];
-      k_src = layer_cache + block * g.block_stride + kv_head * g.head_stride +
-              int64_t{t % g.block_size} * HD + chunk * 8;
-    }
-    CopyAsync16(SharedAddress(k_s + j * L::kLd + chunk * 8), k_src, valid);
-    CopyAsync16(SharedAddress(v_s + j * L::kLd + chunk * 8), valid ? k_src + g.kv_stride : k_src,
-                valid);
-  }
-}
 
 // One block of kPrefillThreads threads; smem is PrefillSmem<HD>::kBytes of shared memory.
 template <int HD>
@@ -98,7 +73,8 @@ __device__ __forceinline__ void PrefillAttentionBlock(
         valid ? q + (int64_t{m.q_start + tile.y + r} * num_heads + head) * HD + c * 8 : q;
     CopyAsync16(SharedAddress(q_s + r * L::kLd + c * 8), src, valid);
   }
-  LoadKvTile<HD>(layer_cache, table, g, kv_head, 0, key_end, L::K(q_s, 0), L::V(q_s, 0));
+  CopyPagedKvTile<HD, kPrefillKeys, kPrefillThreads>(
+      layer_cache, table, g, kv_head, 0, key_end, L::K(q_s, 0), L::V(q_s, 0), L::kLd, threadIdx.x);
   CommitAsyncCopies();
 
   uint32_t q_frag[HD / 16][4];
@@ -111,41 +87,18 @@ __device__ __forceinline__ void PrefillAttentionBlock(
   for (int kt = 0; kt < num_key_tiles; ++kt) {
     const int stage = kt & 1;
     if (kt + 1 < num_key_tiles) {
-      LoadKvTile<HD>(layer_cache, table, g, kv_head, (kt + 1) * kPrefillKeys, key_end,
-                     L::K(q_s, stage ^ 1), L::V(q_s, stage ^ 1));
+      CopyPagedKvTile<HD, kPrefillKeys, kPrefillThreads>(
+          layer_cache, table, g, kv_head, (kt + 1) * kPrefillKeys, key_end, L::K(q_s, stage ^ 1),
+          L::V(q_s, stage ^ 1), L::kLd, threadIdx.x);
       CommitAsyncCopies();
       WaitAsyncCopies<1>();
     } else {
       WaitAsyncCopies<0>();
     }
     __syncthreads();
-    if (kt == 0) {
-#pragma unroll
-      for (int k16 = 0; k16 < HD / 16; ++k16) {
-        const int row = warp_row0 + (lane & 7) + ((lane >> 3) & 1) * 8;
-        LoadMatrixX4(q_frag[k16], SharedAddress(q_s + row * L::kLd + k16 * 16 + (lane >> 4) * 8));
-      }
-    }
-    const bf16* k_s = L::K(q_s, stage);
-    const bf16* v_s = L::V(q_s, stage);
-
-    // S = Q·Kᵀ: 16 rows × 64 keys per warp, as eight 16×8 accumulators.
+    if (kt == 0) LoadQueryFragments<HD>(q_frag, q_s + warp_row0 * L::kLd, L::kLd, lane);
     float s[kPrefillKeys / 8][4];
-#pragma unroll
-    for (int n = 0; n < kPrefillKeys / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
-    for (int k16 = 0; k16 < HD / 16; ++k16) {
-#pragma unroll
-      for (int n16 = 0; n16 < kPrefillKeys / 16; ++n16) {
-        // Matrices: keys +0..7 / dims +0..7, keys +0..7 / dims +8..15, then keys +8..15.
-        const int key = n16 * 16 + (lane & 7) + (lane >> 4) * 8;
-        const int dim = k16 * 16 + ((lane >> 3) & 1) * 8;
-        uint32_t b[4];
-        LoadMatrixX4(b, SharedAddress(k_s + key * L::kLd + dim));
-        MmaBf16(s[2 * n16], q_frag[k16], b[0], b[1]);
-        MmaBf16(s[2 * n16 + 1], q_frag[k16], b[2], b[3]);
-      }
-    }
+    ScoreTile<HD, kPrefillKeys>(q_frag, L::K(q_s, stage), L::kLd, lane, s);
 
     // Scale into log2 units and mask keys past each row's position (only tiles that reach past
     // the warp's first row can hold such keys).
@@ -159,70 +112,15 @@ __device__ __forceinline__ void PrefillAttentionBlock(
         s[n][e] = masked_tile && key > pos[e / 2] ? -INFINITY : s[n][e] * scale_log2;
       }
     }
-    // Online softmax per row; a row's four lanes (one quad) hold its 64 scores.
-    float alpha[2], base[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float tile_max = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < kPrefillKeys / 8; ++n) {
-        tile_max = fmaxf(tile_max, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
-      }
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float new_max = fmaxf(row_max[h], tile_max);
-      // A row with nothing visible yet keeps weight zero (exp2(−inf − 0) = 0), never NaN.
-      base[h] = new_max == -INFINITY ? 0.0f : new_max;
-      alpha[h] = exp2f(row_max[h] - base[h]);
-      row_max[h] = new_max;
-    }
-    float tile_sum[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int n = 0; n < kPrefillKeys / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = exp2f(s[n][e] - base[e / 2]);
-        tile_sum[e / 2] += s[n][e];
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) row_sum[h] = row_sum[h] * alpha[h] + tile_sum[h];
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      o[n][0] *= alpha[0];
-      o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1];
-      o[n][3] *= alpha[1];
-    }
-
-    // O += P·V: the score accumulators are already P's A fragments (two 16×8 blocks make one
-    // 16×16 step); V is read transposed.
-#pragma unroll
-    for (int k16 = 0; k16 < kPrefillKeys / 16; ++k16) {
-      const uint32_t a[4] = {PackBf16x2(s[2 * k16][0], s[2 * k16][1]),
-                             PackBf16x2(s[2 * k16][2], s[2 * k16][3]),
-                             PackBf16x2(s[2 * k16 + 1][0], s[2 * k16 + 1][1]),
-                             PackBf16x2(s[2 * k16 + 1][2], s[2 * k16 + 1][3])};
-#pragma unroll
-      for (int n16 = 0; n16 < HD / 16; ++n16) {
-        // Matrices: keys +0..7 / dims +0..7, keys +8..15 / dims +0..7, then dims +8..15.
-        const int key = k16 * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-        const int dim = n16 * 16 + (lane >> 4) * 8;
-        uint32_t b[4];
-        LoadMatrixX4Transposed(b, SharedAddress(v_s + key * L::kLd + dim));
-        MmaBf16(o[2 * n16], a, b[0], b[1]);
-        MmaBf16(o[2 * n16 + 1], a, b[2], b[3]);
-      }
-    }
+    OnlineSoftmax(s, row_max, row_sum, o);
+    AccumulateValues<HD, kPrefillKeys>(s, L::V(q_s, stage), L::kLd, lane, o);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
 
   // out = O / sum, bf16; a row's sum is spread over its quad.
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float sum = row_sum[h];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float sum = QuadSum(row_sum[h]);
     const int r = warp_row0 + g8 + 8 * h;
     if (r >= rows) continue;
     const float inv = 1.0f / sum;
