@@ -294,6 +294,9 @@ inline float __frcp_rn(float x) { return 1.0f / x; }
 inline float rsqrtf(float x) { return 1.0f / ::sqrtf(x); }
 inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
 inline float __fmaf_rn(float a, float b, float c) { return ::fmaf(a, b, c); }
+// Correctly rounded double add and multiply, never fused (x86-64 without -mfma has no FMA).
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
 inline float __int_as_float(int v) {
   float f;
   std::memcpy(&f, &v, sizeof f);
