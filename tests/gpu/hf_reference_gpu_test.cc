@@ -35,6 +35,11 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr double kMaxRelativeError = 1e-2;
+// A test checks 48 greedy steps (3 prompts × 16). With logit errors of about 0.6 % (a numpy
+// emulation of the backend's bf16 rounding points against float64), a different argmax at a
+// near tie comes about once in 40 steps, so a few per test are chance; many more would mean a
+// systematic error. Each is also held to the 2 × max-error gap rule of CheckStep.
+constexpr int kMaxNearTies = 6;
 
 struct PromptRef {
   std::vector<int32_t> tokens;
@@ -298,7 +303,7 @@ TEST_P(HfReferenceTest, EachPromptAlone) {
                             r->next_tokens[0], r->logits[0]);
     DecodeAndCheck({static_cast<int>(p)}, "alone:");
   }
-  EXPECT_LE(near_ties_, 2) << "more near ties than chance explains";
+  EXPECT_LE(near_ties_, kMaxNearTies) << "more near ties than chance explains";
 }
 
 TEST_P(HfReferenceTest, AllPromptsInOneBatch) {
@@ -320,7 +325,7 @@ TEST_P(HfReferenceTest, AllPromptsInOneBatch) {
         ref_.prompts[p], 0, r->next_tokens[p], r->logits[p]);
   }
   DecodeAndCheck(all, "batched:");
-  EXPECT_LE(near_ties_, 2) << "more near ties than chance explains";
+  EXPECT_LE(near_ties_, kMaxNearTies) << "more near ties than chance explains";
 }
 
 TEST_P(HfReferenceTest, LongestPromptInChunks) {
@@ -351,7 +356,7 @@ TEST_P(HfReferenceTest, LongestPromptInChunks) {
   near_ties_ += CheckStep("chunked: prompt of " + std::to_string(n) + " tokens, prefill", ref, 0,
                           token, last_logits);
   DecodeAndCheck({p}, "chunked:");
-  EXPECT_LE(near_ties_, 2) << "more near ties than chance explains";
+  EXPECT_LE(near_ties_, kMaxNearTies) << "more near ties than chance explains";
 }
 
 INSTANTIATE_TEST_SUITE_P(CudaGraphs, HfReferenceTest, ::testing::Bool(),
