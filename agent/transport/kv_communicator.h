@@ -29,8 +29,10 @@ class KvCommunicator {
   virtual ~KvCommunicator() = default;
   // Enqueues, as one group, a send of each of `sends` to the peer rank and a receive into each
   // of `recvs` from it (the peer is the other rank; with one rank, itself). Sends and receives
-  // match in posting order and must have equal sizes. Returns once enqueued.
-  virtual Status Post(std::span<const DeviceSpan> sends, std::span<const DeviceSpan> recvs) = 0;
+  // match in posting order and must have equal sizes. Returns once enqueued; DeadlineExceeded
+  // when enqueueing is still not done at `until` (the peer never joined: then Abort).
+  virtual Status Post(std::span<const DeviceSpan> sends, std::span<const DeviceSpan> recvs,
+                      std::chrono::steady_clock::time_point until) = 0;
   // Waits until everything posted so far is complete in device memory, at most until `until`:
   // DeadlineExceeded when still in flight (wait again, or Abort); another error when the
   // communicator failed (then it must be aborted).

@@ -215,7 +215,7 @@ StatusOr<KvTransferStats> NcclKvSender::Transfer(Channel* channel, const KvDesti
     return Status::Unavailable("KV receiver " + peer + " refused: " + verdict.message());
   }
   const std::vector<DeviceSpan> sends = Spans(source, blocks);
-  s = channel->comm->Post(sends, {});
+  s = channel->comm->Post(sends, {}, deadline);
   if (s.ok()) s = WaitForDevice(channel->comm.get(), fd, deadline, "decode worker " + peer);
   if (!s.ok()) {
     *broken = true;
@@ -328,7 +328,7 @@ void NcclKvReceiver::ServeConnection(int fd) {
     }
     // One receive per reserved block, in block order: the sender's sends match them in order.
     const std::vector<DeviceSpan> recvs = Spans(*region, *blocks);
-    s = comm->Post({}, recvs);
+    s = comm->Post({}, recvs, deadline);
     if (s.ok()) s = net::SendStatusReply(fd, Status::Ok(), idle);
     if (s.ok()) s = WaitForDevice(comm.get(), fd, deadline, "prefill worker");
     if (!s.ok()) {

@@ -68,7 +68,9 @@ class FakeKvCommunicator final : public KvCommunicator {
       : wire_(std::move(wire)), rank_(rank), peer_(wire_->nranks == 1 ? 0 : 1 - rank) {}
   ~FakeKvCommunicator() override { Abort(); }
 
-  Status Post(std::span<const DeviceSpan> sends, std::span<const DeviceSpan> recvs) override {
+  // Enqueues at once (a fake peer is always joined), so `until` is never reached.
+  Status Post(std::span<const DeviceSpan> sends, std::span<const DeviceSpan> recvs,
+              std::chrono::steady_clock::time_point /*until*/) override {
     std::lock_guard lock(wire_->mu);
     if (wire_->aborted[rank_]) return Status::Unavailable("fake communicator was aborted");
     for (const DeviceSpan& s : sends) wire_->sends[{rank_, peer_}].push_back(s);

@@ -226,9 +226,12 @@ TEST(NcclGpuTest, OneRankSendsBlocksToItself) {
     sends.push_back({src.region.base + static_cast<uintptr_t>(i) * kBlockBytes, kBlockBytes});
     recvs.push_back({dst.region.base + static_cast<uintptr_t>(perm[i]) * kBlockBytes, kBlockBytes});
   }
-  Status posted = (*comm)->Post(sends, recvs);
+  const auto in_a_minute = [] {
+    return std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  };
+  Status posted = (*comm)->Post(sends, recvs, in_a_minute());
   ASSERT_TRUE(posted.ok()) << posted.ToString();
-  Status done = (*comm)->Wait(std::chrono::steady_clock::now() + std::chrono::seconds(60));
+  Status done = (*comm)->Wait(in_a_minute());
   ASSERT_TRUE(done.ok()) << done.ToString();
 
   std::vector<char> got(bytes.size());
@@ -240,10 +243,10 @@ TEST(NcclGpuTest, OneRankSendsBlocksToItself) {
         << "block " << i << " → " << perm[i];
   }
   // A second transfer on the same communicator, then an abort: no hang, no crash.
-  ASSERT_TRUE((*comm)->Post({sends.data(), 1}, {recvs.data(), 1}).ok());
-  EXPECT_TRUE((*comm)->Wait(std::chrono::steady_clock::now() + std::chrono::seconds(60)).ok());
+  ASSERT_TRUE((*comm)->Post({sends.data(), 1}, {recvs.data(), 1}, in_a_minute()).ok());
+  EXPECT_TRUE((*comm)->Wait(in_a_minute()).ok());
   (*comm)->Abort();
-  EXPECT_FALSE((*comm)->Post({sends.data(), 1}, {recvs.data(), 1}).ok());
+  EXPECT_FALSE((*comm)->Post({sends.data(), 1}, {recvs.data(), 1}, in_a_minute()).ok());
 }
 
 }  // namespace

@@ -236,7 +236,7 @@ TEST(NcclKvTransportTest, SenderProcessDiesAfterBeginReservationFreed) {
   ASSERT_TRUE(net::ReadStatusReply(*fd, milliseconds(1000), deadline, &verdict).ok());
   ASSERT_TRUE(verdict.ok()) << verdict.ToString();
   const DeviceSpan first{prefill.kv.region.base, kBlockBytes};
-  ASSERT_TRUE((*comm)->Post({&first, 1}, {}).ok());
+  ASSERT_TRUE((*comm)->Post({&first, 1}, {}, deadline).ok());
   // The process dies: its connection closes, its communicator is gone.
   ::close(*fd);
   comm->reset();

@@ -42,7 +42,8 @@ class NcclCommunicator final : public KvCommunicator {
       : comm_(comm), device_(device), peer_(peer), stream_(stream), event_(event) {}
   ~NcclCommunicator() override { Abort(); }
 
-  Status Post(std::span<const DeviceSpan> sends, std::span<const DeviceSpan> recvs) override {
+  Status Post(std::span<const DeviceSpan> sends, std::span<const DeviceSpan> recvs,
+              SteadyClock::time_point until) override {
     if (comm_ == nullptr) return Status::Unavailable("the NCCL communicator was aborted");
     posted_ = false;
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
@@ -72,7 +73,7 @@ class NcclCommunicator final : public KvCommunicator {
     if (end != ncclSuccess && end != ncclInProgress) {
       return cuda::NcclStatus(end, "ncclGroupEnd", __FILE__, __LINE__);
     }
-    Status s = AwaitComm(comm_, SteadyClock::now() + std::chrono::seconds(60), "ncclGroupEnd");
+    Status s = AwaitComm(comm_, until, "ncclGroupEnd");
     if (!s.ok()) return s;
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventRecord(event_, stream_));
     posted_ = true;
