@@ -1,7 +1,7 @@
-// A host-side emulator of CUDA thread blocks and of the warp-level tensor-core primitives the
-// attention kernels use (ldmatrix, mma.sync m16n8k16 bf16, cp.async), so that kernel bodies
-// compiled by g++ (with PDPOOL_CUDA_EMULATION) can run on a machine without a GPU and be checked
-// against a float64 reference.
+// A host-side emulator of CUDA thread blocks and of the warp-level primitives the cuda
+// backend's kernels use (barriers, shuffles, ldmatrix, mma.sync m16n8k16 bf16, cp.async), so
+// that kernel bodies compiled by g++ (with PDPOOL_CUDA_EMULATION) can run on a machine without a
+// GPU and be checked against host references.
 //
 // Execution model
 // ---------------
