@@ -33,6 +33,7 @@ using ::pdpool::cuda_emulation::SetScheduleSeed;
 using ::pdpool::testing::FreshSeed;
 using ::pdpool::testing::MakeCase;
 using ::pdpool::testing::PagedCase;
+using ::pdpool::testing::Poison;
 using ::pdpool::testing::Reference;
 using ::pdpool::testing::RelativeError;
 using ::pdpool::testing::ToFloat;
@@ -40,11 +41,6 @@ using ::pdpool::testing::ToFloat;
 template <typename T>
 void Register(const std::vector<T>& v) {
   RegisterGlobal(v.data(), v.size() * sizeof(T));
-}
-
-template <typename T>
-void Poison(std::vector<T>& v) {
-  std::memset(static_cast<void*>(v.data()), 0xFF, v.size() * sizeof(T));  // NaN as bf16 or fp32
 }
 
 // Threads released by a barrier run in a shuffled order (seeded from the test's seed), so that

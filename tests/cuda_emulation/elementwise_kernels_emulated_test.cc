@@ -28,6 +28,7 @@ namespace {
 
 using ::pdpool::cuda_emulation::RunGrid;
 using ::pdpool::testing::FreshSeed;
+using ::pdpool::testing::Poison;
 using ::pdpool::testing::RandomBf16;
 using ::pdpool::testing::RelativeError;
 using ::pdpool::testing::RoundBf16;
@@ -48,11 +49,6 @@ ModelConfig SmallConfig() {
   c.rope_scaling.llama3 = true;
   c.rope_scaling.original_max_position_embeddings = 1024;
   return c;
-}
-
-template <typename T>
-void Poison(std::vector<T>& v) {
-  std::memset(static_cast<void*>(v.data()), 0xFF, v.size() * sizeof(T));
 }
 
 TEST(EmulatedElementwiseTest, DummyInitIsDummyWeightsRoundedToBf16) {

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
@@ -40,6 +41,13 @@ inline uint64_t FreshSeed() {
 }
 
 inline float RoundBf16(float x) { return __bfloat162float(__float2bfloat16(x)); }
+
+// Fills host memory with 0xFF bytes: NaN as bf16 and as fp32, so an element a kernel leaves
+// unwritten fails the comparison.
+template <typename T>
+void Poison(std::vector<T>& v) {
+  std::memset(static_cast<void*>(v.data()), 0xFF, v.size() * sizeof(T));
+}
 
 // ‖out − ref‖₂ / ‖ref‖₂; +inf when out has a NaN or the sizes differ.
 inline double RelativeError(const std::vector<float>& out, const std::vector<float>& ref) {
