@@ -68,6 +68,9 @@ StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options) {
     cuda.max_sequences = options.max_sequences;
     cuda.max_model_len = options.max_model_len;
     cuda.cuda_graphs = options.cuda_graphs;
+    auto decode_gemm = ParseDecodeGemm(options.decode_gemm);
+    if (!decode_gemm.ok()) return decode_gemm.status();
+    cuda.decode_gemm = *decode_gemm;
     return NewCudaBackend(cuda);
 #else
     return Status::InvalidArgument(

@@ -92,6 +92,10 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
   c->add_option("--gpu-memory-utilization", backend_.gpu_memory_utilization,
                 "sim, cuda: fraction of GPU memory for weights + KV")
       ->capture_default_str();
+  c->add_option("--decode-gemm", backend_.decode_gemm,
+                "cuda: GEMMs of steps of at most 8 rows: auto (the faster of cublas and skinny, "
+                "measured at load), cublas or skinny")
+      ->capture_default_str();
   c->add_option("--block-size", backend_.block_size, "KV block size in tokens")
       ->capture_default_str();
   c->add_option("--num-kv-blocks", backend_.num_kv_blocks,

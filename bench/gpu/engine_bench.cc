@@ -71,6 +71,7 @@ struct Options {
   int num_blocks = 0;  // 0: what the selected cases need, plus a margin
   int max_batched_tokens = 8192;
   bool no_cuda_graphs = false;
+  std::string decode_gemm = "auto";
   int decode_warmup = 5;
   int decode_steps = 20;
   int prefill_warmup = 2;
@@ -605,6 +606,12 @@ int Run(const Options& opt) {
   bo.max_sequences = std::max(64, max_batch);
   bo.max_model_len = (max_positions + bs - 1) / bs * bs;
   bo.cuda_graphs = !opt.no_cuda_graphs;
+  auto decode_gemm = agent::ParseDecodeGemm(opt.decode_gemm);
+  if (!decode_gemm.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", decode_gemm.status().ToString().c_str());
+    return 2;
+  }
+  bo.decode_gemm = *decode_gemm;
   report.backend = Json{{"backend", "cuda"},
                         {"weights", bo.weights},
                         {"block_size", bo.block_size},
@@ -613,6 +620,7 @@ int Run(const Options& opt) {
                         {"max_sequences", bo.max_sequences},
                         {"max_model_len", bo.max_model_len},
                         {"cuda_graphs", bo.cuda_graphs},
+                        {"decode_gemm", opt.decode_gemm},
                         {"sampling", "greedy"}};
   report.timing =
       "host steady clock around each Backend::Step, cudaDeviceSynchronize before and after; "
@@ -711,6 +719,10 @@ int main(int argc, char** argv) {
                  "most tokens per Step (raised to the longest prefill)")
       ->capture_default_str();
   app.add_flag("--no-cuda-graphs", opt.no_cuda_graphs, "decode without CUDA graphs");
+  app.add_option("--decode-gemm", opt.decode_gemm,
+                 "GEMMs of steps of at most 8 rows: auto (measured at load; the times are "
+                 "logged), cublas or skinny")
+      ->capture_default_str();
   app.add_option("--decode-warmup", opt.decode_warmup)->capture_default_str();
   app.add_option("--decode-steps", opt.decode_steps, "timed decode steps per case")
       ->capture_default_str();

@@ -1,6 +1,7 @@
 // The cuda backend's whole forward against the cpu backend (the float32 oracle) on the same
 // bf16-rounded dummy weights and fresh random prompts: prefill logits, decode continuation
-// through captured graphs, chunked prefill, graph replay against eager runs, KV export/import
+// through captured graphs (with the decode GEMMs on cuBLAS, on the skinny GEMM, and as measured),
+// chunked prefill, graph replay against eager runs, KV export/import
 // between two backends, and the errors a caller sees. Label gpu; skips without a GPU.
 #include <gtest/gtest.h>
 
@@ -63,7 +64,8 @@ std::unique_ptr<Backend> Cpu(const ModelConfig& c) {
   return b.ok() ? std::move(*b) : nullptr;
 }
 
-std::unique_ptr<Backend> Gpu(const ModelConfig& c, bool graphs = true) {
+std::unique_ptr<Backend> Gpu(const ModelConfig& c, bool graphs = true,
+                             DecodeGemm decode_gemm = DecodeGemm::kAuto) {
   CudaBackendOptions o;
   o.model = c;
   o.weights = "dummy:" + std::to_string(kWeightSeed);
@@ -72,6 +74,7 @@ std::unique_ptr<Backend> Gpu(const ModelConfig& c, bool graphs = true) {
   o.max_batched_tokens = 2048;
   o.max_sequences = 64;
   o.cuda_graphs = graphs;
+  o.decode_gemm = decode_gemm;
   auto b = NewCudaBackend(o);
   EXPECT_TRUE(b.ok()) << b.status().ToString();
   return b.ok() ? std::move(*b) : nullptr;
@@ -100,13 +103,19 @@ class CudaBackendTest : public ::testing::Test {
   void SetUp() override { PDPOOL_SKIP_WITHOUT_GPU(); }
 };
 
-TEST_F(CudaBackendTest, PrefillAndDecodeMatchTheCpuBackend) {
+// Decode steps of 5 sequences take the GEMMs that decode_gemm says (steps of at most 8 rows).
+class CudaBackendDecodeGemmTest : public ::testing::TestWithParam<DecodeGemm> {
+ protected:
+  void SetUp() override { PDPOOL_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_P(CudaBackendDecodeGemmTest, PrefillAndDecodeMatchTheCpuBackend) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const ModelConfig c = SmallConfig();
   auto cpu = Cpu(c);
-  auto gpu = Gpu(c);
+  auto gpu = Gpu(c, true, GetParam());
   ASSERT_TRUE(cpu && gpu);
   // One batch of prompts of several lengths (tile edges included), then decode steps that
   // feed back the cpu's greedy tokens to both.
@@ -136,6 +145,15 @@ TEST_F(CudaBackendTest, PrefillAndDecodeMatchTheCpuBackend) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(DecodeGemms, CudaBackendDecodeGemmTest,
+                         ::testing::Values(DecodeGemm::kAuto, DecodeGemm::kCublas,
+                                           DecodeGemm::kSkinny),
+                         [](const ::testing::TestParamInfo<DecodeGemm>& info) {
+                           return info.param == DecodeGemm::kAuto     ? std::string("auto")
+                                  : info.param == DecodeGemm::kCublas ? std::string("cublas")
+                                                                      : std::string("skinny");
+                         });
 
 TEST_F(CudaBackendTest, ChunkedPrefillEqualsOneShotPrefill) {
   std::mt19937_64 rng(FreshSeed());
@@ -292,6 +310,17 @@ TEST_F(CudaBackendTest, ErrorsNameWhatIsWrong) {
       << r.status().message();
   EXPECT_NE(gpu->device_kv(), nullptr);
   EXPECT_EQ(gpu->device_kv()->device_uuid.rfind("GPU-", 0), 0u);
+}
+
+// Runs without a GPU too: the names a worker's --decode-gemm takes.
+TEST(DecodeGemmTest, NamesParseAndOthersAreRefusedWithTheChoices) {
+  EXPECT_EQ(*ParseDecodeGemm("auto"), DecodeGemm::kAuto);
+  EXPECT_EQ(*ParseDecodeGemm("cublas"), DecodeGemm::kCublas);
+  EXPECT_EQ(*ParseDecodeGemm("skinny"), DecodeGemm::kSkinny);
+  const auto bad = ParseDecodeGemm("fast");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("auto, cublas or skinny"), std::string::npos)
+      << bad.status().message();
 }
 
 }  // namespace

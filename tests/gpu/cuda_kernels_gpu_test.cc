@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <string>
+#include <tuple>
 #include <random>
 #include <vector>
 
@@ -20,6 +22,7 @@
 #include "tests/gpu/gpu_test_support.h"
 #include "tests/gpu/paged_attention_case.h"
 #include "tests/gpu/sampling_cases.h"
+#include "tests/gpu/skinny_gemm_case.h"
 
 namespace pdpool::agent::cuda {
 namespace {
@@ -30,9 +33,11 @@ using ::pdpool::testing::AbsorbedRangeDraws;
 using ::pdpool::testing::CpuGreedy;
 using ::pdpool::testing::ExpectAllInAbsorbedRange;
 using ::pdpool::testing::ExpectDrawsFollow;
+using ::pdpool::testing::ExpectSkinnyGemmOutput;
 using ::pdpool::testing::FreshSeed;
 using ::pdpool::testing::GreedyRows;
 using ::pdpool::testing::MakeCase;
+using ::pdpool::testing::MakeSkinnyGemmCase;
 using ::pdpool::testing::NucleusBatch;
 using ::pdpool::testing::NucleusDistribution;
 using ::pdpool::testing::PagedCase;
@@ -40,6 +45,9 @@ using ::pdpool::testing::Reference;
 using ::pdpool::testing::RelativeError;
 using ::pdpool::testing::RoundBf16;
 using ::pdpool::testing::SampleBatch;
+using ::pdpool::testing::SkinnyGemmCase;
+using ::pdpool::testing::SkinnyGemmShape;
+using ::pdpool::testing::SkinnyGemmShapeName;
 using ::pdpool::testing::ToFloat;
 
 #define ASSERT_CUDA(call) \
@@ -201,6 +209,52 @@ TEST_F(SamplingKernelTest, ADrawInARangeOfAbsorbedWeightsStaysInThatRange) {
   ASSERT_FALSE(c.sample_indexes.empty()) << "no draw landed in the range; try another seed";
   const SampleBatch b = AbsorbedRangeBatch(c, seed);
   ExpectAllInAbsorbedRange(Sample(b.logits, AbsorbedRangeCase::kVocab, b.params));
+}
+
+// The skinny GEMM of decode steps (LaunchSkinnyGemm) against float64 sums, for each epilogue:
+// odd shapes, and Llama-3.1-8B's down projection (in 14336) and gate/up (SwiGLU, out 14336).
+class SkinnyGemmKernelTest : public ::testing::TestWithParam<SkinnyGemmShape> {
+ protected:
+  void SetUp() override { PDPOOL_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_P(SkinnyGemmKernelTest, MatchesTheFloat64Reference) {
+  const auto [epilogue, rows, out, in] = GetParam();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  const SkinnyGemmCase c = MakeSkinnyGemmCase(rng, rows, out, in, epilogue);
+  Device<bf16> x(c.x.size()), w(c.w.size());
+  Device<uint8_t> y(c.OutputBytes() / rows * kSkinnyGemmMaxRows);
+  ASSERT_TRUE(x.ptr && w.ptr && y.ptr);
+  x.Upload(c.x);
+  w.Upload(c.w);
+  y.Poison();
+  const Status s = LaunchSkinnyGemm(x.ptr, w.ptr, y.ptr, rows, out, in, epilogue, nullptr);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  ExpectSkinnyGemmOutput(c, y.Download(), kSkinnyGemmMaxRows);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, SkinnyGemmKernelTest,
+    ::testing::Values(SkinnyGemmShape{SkinnyEpilogue::kBf16, 1, 40, 264},
+                      SkinnyGemmShape{SkinnyEpilogue::kBf16, 8, 4096, 14336},
+                      SkinnyGemmShape{SkinnyEpilogue::kFloat, 5, 1037, 1064},
+                      SkinnyGemmShape{SkinnyEpilogue::kSwiGlu, 1, 14336, 4096},
+                      SkinnyGemmShape{SkinnyEpilogue::kSwiGlu, 7, 20, 264}),
+    SkinnyGemmShapeName);
+
+TEST(SkinnyGemmShapeTest, UnsupportedShapesAreRefusedWithTheLimit) {
+  alignas(16) static bf16 buffer[64];
+  const Status rows = CheckSkinnyGemm(buffer, buffer, 9, 16, 16);
+  EXPECT_EQ(rows.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(rows.ToString().find("rows 9"), std::string::npos) << rows.ToString();
+  EXPECT_NE(CheckSkinnyGemm(buffer, buffer, 1, 16, 12).ToString().find("multiple of 8"),
+            std::string::npos);
+  EXPECT_NE(CheckSkinnyGemm(buffer + 1, buffer, 1, 16, 16).ToString().find("aligned"),
+            std::string::npos);
+  EXPECT_TRUE(CheckSkinnyGemm(buffer, buffer, 8, 16, 16).ok());
 }
 
 }  // namespace

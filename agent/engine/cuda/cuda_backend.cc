@@ -3,6 +3,9 @@
 // copied to fixed device buffers, and run on one stream: embedding, then per layer RMSNorm →
 // QKV GEMM → RoPE + KV write → decode and/or prefill attention → O GEMM → residual + RMSNorm →
 // gate/up GEMM → SwiGLU → down GEMM, then the sampled rows' final norm, LM head and sampler.
+// Steps of at most 8 rows may run their GEMMs on the skinny GEMM instead of cuBLAS (SwiGLU then
+// fused into the gate/up one): per projection and row count, whichever measured faster at load
+// (ChooseDecodeGemms), unless the options force one.
 // Decode-only steps replay a CUDA graph captured for their batch-size bucket (padded with
 // sequences on a scratch block), so a step costs one graph launch instead of hundreds of
 // kernel launches.
@@ -12,6 +15,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -73,6 +77,14 @@ struct LayerWeightsDevice {
   bf16* w_gate_up = nullptr;  // [2·intermediate, hidden]: gate_proj rows, then up_proj rows
   bf16* w_down = nullptr;
 };
+
+// The projections of a forward, for choosing cuBLAS or the skinny GEMM per projection.
+enum Projection { kQkvProjection, kOProjection, kGateUpProjection, kDownProjection, kLmHead };
+constexpr int kNumProjections = 5;
+constexpr const char* kProjectionNames[kNumProjections] = {"qkv", "o", "gate_up", "down",
+                                                           "lm_head"};
+// Row counts at which ChooseDecodeGemms times both; other counts take the next one up.
+constexpr int kTimedRows[] = {1, 2, 4, 8};
 
 // Per-step arrays at fixed offsets, mirrored in pinned host memory and on the device (fixed
 // device addresses are what lets a captured graph be replayed with new contents).
@@ -156,6 +168,7 @@ class CudaBackend final : public Backend {
     PDPOOL_RETURN_IF_NOT_OK(LoadWeights());
     PDPOOL_RETURN_IF_NOT_OK(BuildRopeTable());
     PDPOOL_RETURN_IF_NOT_OK(AllocateActivations());
+    PDPOOL_RETURN_IF_NOT_OK(ChooseDecodeGemms());
     PDPOOL_RETURN_IF_NOT_OK(AllocateKvCache());
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     return Status::Ok();
@@ -618,11 +631,136 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
 
+  // One projection of layer `layer` (the LM head ignores it) over `rows` rows, from its fixed
+  // input buffer to its fixed output buffer: the gate/up projection writes the SwiGLU output.
+  // On the skinny GEMM when `skinny`, on cuBLAS otherwise.
+  Status Project(Projection p, int layer, int rows, bool skinny) {
+    const ModelConfig& c = options_.model;
+    const int h = c.hidden_size, q = c.num_heads * c.head_dim,
+              kv = c.num_kv_heads * c.head_dim, inter = c.intermediate_size;
+    const LayerWeightsDevice& w = layers_[static_cast<size_t>(layer)];
+    using cuda::SkinnyEpilogue;
+    switch (p) {
+      case kQkvProjection:
+        return skinny ? cuda::LaunchSkinnyGemm(xn_.get<bf16>(), w.wqkv, qkv_.get(), rows,
+                                               q + 2 * kv, h, SkinnyEpilogue::kBf16, stream_)
+                      : Gemm(xn_.get<bf16>(), w.wqkv, qkv_.get(), rows, q + 2 * kv, h, false);
+      case kOProjection:
+        return skinny ? cuda::LaunchSkinnyGemm(attn_.get<bf16>(), w.wo, delta_.get(), rows, h, q,
+                                               SkinnyEpilogue::kBf16, stream_)
+                      : Gemm(attn_.get<bf16>(), w.wo, delta_.get(), rows, h, q, false);
+      case kGateUpProjection:
+        if (skinny) {
+          return cuda::LaunchSkinnyGemm(xn_.get<bf16>(), w.w_gate_up, act_.get(), rows, inter, h,
+                                        SkinnyEpilogue::kSwiGlu, stream_);
+        }
+        PDPOOL_RETURN_IF_NOT_OK(
+            Gemm(xn_.get<bf16>(), w.w_gate_up, gate_up_.get(), rows, 2 * inter, h, false));
+        return cuda::LaunchSwiGlu(gate_up_.get<bf16>(), act_.get<bf16>(), rows, inter, stream_);
+      case kDownProjection:
+        return skinny ? cuda::LaunchSkinnyGemm(act_.get<bf16>(), w.w_down, delta_.get(), rows, h,
+                                               inter, SkinnyEpilogue::kBf16, stream_)
+                      : Gemm(act_.get<bf16>(), w.w_down, delta_.get(), rows, h, inter, false);
+      case kLmHead:
+        return skinny ? cuda::LaunchSkinnyGemm(xsn_.get<bf16>(), lm_head_, logits_.get(), rows,
+                                               c.vocab_size, h, SkinnyEpilogue::kFloat, stream_)
+                      : Gemm(xsn_.get<bf16>(), lm_head_, logits_.get(), rows, c.vocab_size, h,
+                             true);
+    }
+    return Status::Internal("cuda backend: unknown projection");
+  }
+
+  // Whether projection p of a step with `rows` rows runs on the skinny GEMM.
+  bool Skinny(Projection p, int rows) const {
+    return rows <= cuda::kSkinnyGemmMaxRows && skinny_[static_cast<size_t>(rows)][p];
+  }
+
+  // Fills skinny_: per projection and row count up to kSkinnyGemmMaxRows, cuBLAS or the skinny
+  // GEMM, as options_.decode_gemm says. For kAuto both run over every layer's weights (what a
+  // decode step reads) at each of kTimedRows, twice after a warm-up, and the faster is kept; the
+  // times are logged. Inputs are zeroed first (the buffers are otherwise uninitialized).
+  Status ChooseDecodeGemms() {
+    const ModelConfig& c = options_.model;
+    const int most_rows = std::min({cuda::kSkinnyGemmMaxRows, options_.max_batched_tokens,
+                                    std::max(options_.max_sequences, 1)});
+    // The skinny GEMM's shape limits (the buffers come from cudaMalloc: aligned).
+    const int widths[] = {c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size};
+    const bool shapes_fit = std::all_of(std::begin(widths), std::end(widths),
+                                        [](int in) { return in % 8 == 0; });
+    for (auto& row : skinny_) row.fill(false);
+    if (options_.decode_gemm == DecodeGemm::kCublas || !shapes_fit) {
+      if (options_.decode_gemm == DecodeGemm::kSkinny) {
+        return Status::InvalidArgument(
+            "cuda backend: decode_gemm skinny needs hidden, query width and intermediate sizes "
+            "that are multiples of 8");
+      }
+      return Status::Ok();
+    }
+    if (options_.decode_gemm == DecodeGemm::kSkinny) {
+      for (int r = 1; r <= most_rows; ++r) skinny_[static_cast<size_t>(r)].fill(true);
+      return Status::Ok();
+    }
+    for (DeviceBuffer* in : {&xn_, &attn_, &act_, &xsn_}) {
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(in->get(), 0, in->bytes(), stream_));
+    }
+    cudaEvent_t start = nullptr, stop = nullptr;
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
+    if (const cudaError_t e = cudaEventCreate(&stop); e != cudaSuccess) {
+      cudaEventDestroy(start);
+      PDPOOL_CUDA_RETURN_IF_ERROR(e);
+    }
+    Status timed = TimeDecodeGemms(most_rows, start, stop);
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return timed;
+  }
+
+  Status TimeDecodeGemms(int most_rows, cudaEvent_t start, cudaEvent_t stop) {
+    const int layers = options_.model.num_layers;
+    int previous = 0;
+    for (const int rows : kTimedRows) {
+      if (previous >= most_rows) break;
+      const int timed_rows = std::min(rows, most_rows);
+      std::string report;
+      for (int p = 0; p < kNumProjections; ++p) {
+        float ms[2] = {0, 0};  // cuBLAS, skinny
+        for (int skinny = 0; skinny < 2; ++skinny) {
+          auto pass = [&]() -> Status {
+            for (int l = 0; l < (p == kLmHead ? 1 : layers); ++l) {
+              PDPOOL_RETURN_IF_NOT_OK(
+                  Project(static_cast<Projection>(p), l, timed_rows, skinny == 1));
+            }
+            return Status::Ok();
+          };
+          PDPOOL_RETURN_IF_NOT_OK(pass());
+          PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream_));
+          PDPOOL_RETURN_IF_NOT_OK(pass());
+          PDPOOL_RETURN_IF_NOT_OK(pass());
+          PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop, stream_));
+          PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop));
+          PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms[skinny], start, stop));
+        }
+        const bool use_skinny = ms[1] < ms[0];
+        for (int r = previous + 1; r <= timed_rows; ++r) {
+          skinny_[static_cast<size_t>(r)][static_cast<size_t>(p)] = use_skinny;
+        }
+        char line[160];
+        std::snprintf(line, sizeof line, "%s%s %s (skinny %.1f us, cublas %.1f us)",
+                      report.empty() ? "" : "; ", kProjectionNames[p],
+                      use_skinny ? "skinny" : "cublas", 500.0 * ms[1], 500.0 * ms[0]);
+        report += line;
+      }
+      LogInfo("cuda backend: decode GEMMs chosen by measurement",
+              {{"rows", timed_rows}, {"choice", report}});
+      previous = timed_rows;
+    }
+    return Status::Ok();
+  }
+
   // Enqueues the whole forward for an uploaded plan on stream_ (also what graphs capture).
   Status Forward(const StepPlan& plan) {
     const ModelConfig& c = options_.model;
     const int n = plan.num_tokens, h = c.hidden_size, nh = c.num_heads;
-    const int q = nh * c.head_dim, kv = c.num_kv_heads * c.head_dim, inter = c.intermediate_size;
     const float eps = static_cast<float>(c.rms_norm_eps);
     bf16* xn = xn_.get<bf16>();
     bf16* delta = delta_.get<bf16>();
@@ -634,7 +772,7 @@ class CudaBackend final : public Backend {
       bf16* layer_cache = kv_cache_.get<bf16>() + l * geometry_.layer_stride;
       PDPOOL_RETURN_IF_NOT_OK(
           cuda::LaunchAddRmsNorm(x, l == 0 ? nullptr : delta, w.attn_norm, xn, n, h, eps, stream_));
-      PDPOOL_RETURN_IF_NOT_OK(Gemm(xn, w.wqkv, qkv_.get(), n, q + 2 * kv, h, false));
+      PDPOOL_RETURN_IF_NOT_OK(Project(kQkvProjection, l, n, Skinny(kQkvProjection, n)));
       PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchRopeAndCacheWrite(
           qkv_.get<bf16>(), Dev<int32_t>(arrays_.positions), Dev<int64_t>(arrays_.slots),
           rope_.get<float2>(), q_.get<bf16>(), layer_cache, geometry_, n, nh, stream_));
@@ -646,12 +784,10 @@ class CudaBackend final : public Backend {
           q_.get<bf16>(), Dev<cuda::SeqMeta>(arrays_.meta), Dev<int2>(arrays_.tiles),
           plan.num_tiles, Dev<int32_t>(arrays_.block_tables), layer_cache, geometry_, nh,
           attn_.get<bf16>(), stream_));
-      PDPOOL_RETURN_IF_NOT_OK(Gemm(attn_.get<bf16>(), w.wo, delta, n, h, q, false));
+      PDPOOL_RETURN_IF_NOT_OK(Project(kOProjection, l, n, Skinny(kOProjection, n)));
       PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchAddRmsNorm(x, delta, w.mlp_norm, xn, n, h, eps, stream_));
-      PDPOOL_RETURN_IF_NOT_OK(Gemm(xn, w.w_gate_up, gate_up_.get(), n, 2 * inter, h, false));
-      PDPOOL_RETURN_IF_NOT_OK(
-          cuda::LaunchSwiGlu(gate_up_.get<bf16>(), act_.get<bf16>(), n, inter, stream_));
-      PDPOOL_RETURN_IF_NOT_OK(Gemm(act_.get<bf16>(), w.w_down, delta, n, h, inter, false));
+      PDPOOL_RETURN_IF_NOT_OK(Project(kGateUpProjection, l, n, Skinny(kGateUpProjection, n)));
+      PDPOOL_RETURN_IF_NOT_OK(Project(kDownProjection, l, n, Skinny(kDownProjection, n)));
     }
     if (plan.num_samples == 0) return Status::Ok();
     const int m = plan.num_samples;
@@ -659,8 +795,7 @@ class CudaBackend final : public Backend {
                                                        xs_.get<float>(), m, h, stream_));
     PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchAddRmsNorm(xs_.get<float>(), nullptr, final_norm_,
                                                    xsn_.get<bf16>(), m, h, eps, stream_));
-    PDPOOL_RETURN_IF_NOT_OK(
-        Gemm(xsn_.get<bf16>(), lm_head_, logits_.get(), m, c.vocab_size, h, true));
+    PDPOOL_RETURN_IF_NOT_OK(Project(kLmHead, 0, m, Skinny(kLmHead, m)));
     return cuda::LaunchSample(logits_.get<float>(), sample_weights_.get<float>(), m, c.vocab_size,
                               Dev<cuda::SampleRowParams>(arrays_.sample_params),
                               Dev<int32_t>(arrays_.next_tokens), stream_);
@@ -743,6 +878,8 @@ class CudaBackend final : public Backend {
   bool use_graph_ = false;
   std::map<int, cudaGraphExec_t> graphs_;  // by padded batch size
   std::set<int> eager_buckets_;            // padded batch sizes whose capture failed
+  // By row count (0 … kSkinnyGemmMaxRows) and Projection: whether it runs on the skinny GEMM.
+  std::array<std::array<bool, kNumProjections>, cuda::kSkinnyGemmMaxRows + 1> skinny_{};
 
   cuda::KvCacheGeometry geometry_;
   DeviceBuffer kv_cache_;
@@ -752,6 +889,13 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+StatusOr<DecodeGemm> ParseDecodeGemm(const std::string& name) {
+  if (name == "auto") return DecodeGemm::kAuto;
+  if (name == "cublas") return DecodeGemm::kCublas;
+  if (name == "skinny") return DecodeGemm::kSkinny;
+  return Status::InvalidArgument("decode GEMM \"" + name + "\": must be auto, cublas or skinny");
+}
 
 StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const CudaBackendOptions& options) {
   auto backend = std::make_unique<CudaBackend>(options);

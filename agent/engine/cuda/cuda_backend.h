@@ -1,6 +1,7 @@
 // NewCudaBackend: the `cuda` engine backend, a bf16 Llama forward on one NVIDIA GPU (sm_90 and
-// newer): bf16 weights and paged KV cache with fp32 accumulation, cuBLAS GEMMs, pdpool's own
-// kernels for the rest (kernels.h), decode steps replayed from CUDA graphs captured per
+// newer): bf16 weights and paged KV cache with fp32 accumulation, cuBLAS GEMMs (or, for steps of
+// at most 8 rows, pdpool's skinny GEMM where it measured faster at load), pdpool's own kernels
+// for the rest (kernels.h), decode steps replayed from CUDA graphs captured per
 // batch-size bucket. The KV cache is one cudaMalloc sized from gpu_memory_utilization after the
 // weights and activations, block-major (device_kv.h), so GPU transports copy whole blocks.
 // Like every Backend it is used by one engine thread at a time: not thread-safe.
@@ -18,6 +19,13 @@
 
 namespace pdpool::agent {
 
+// Which GEMMs run steps of at most cuda::kSkinnyGemmMaxRows (8) rows, where a GEMM is one pass
+// over the weights: cuBLAS, pdpool's skinny GEMM (with SwiGLU fused into the gate/up one), or
+// whichever of the two measured faster at load, per projection and row count.
+enum class DecodeGemm { kAuto, kCublas, kSkinny };
+// "auto", "cublas" or "skinny"; InvalidArgument naming the choices otherwise.
+StatusOr<DecodeGemm> ParseDecodeGemm(const std::string& name);
+
 struct CudaBackendOptions {
   ModelConfig model;
   // "dummy:<seed>" generates DummyWeights' exact values on the GPU (rounded to bf16) without a
@@ -31,6 +39,7 @@ struct CudaBackendOptions {
   int max_sequences = 256;        // most sequences one Step runs
   int max_model_len = 0;          // 0: min(max_position_embeddings, 32768)
   bool cuda_graphs = true;        // decode steps replayed from captured graphs
+  DecodeGemm decode_gemm = DecodeGemm::kAuto;
 };
 
 StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const CudaBackendOptions& options);

@@ -93,6 +93,18 @@ Status LaunchPrefillAttention(const bf16* q, const SeqMeta* meta, const int2* ti
                               const KvCacheGeometry& geometry, int num_heads, bf16* out,
                               cudaStream_t stream);
 
+// Decode-step GEMMs without cuBLAS, for at most kSkinnyGemmMaxRows rows (skinny_gemm.cu):
+// y[rows, out] = x[rows, in] · Wᵀ, W [out, in] row-major, read once on tensor cores. kBf16 and
+// kFloat store y as bf16 or fp32; kSwiGlu takes the fused [gate; up] matrix of 2·out rows and
+// stores y[r][i] = bf16(silu(gate) · up) from the bf16-rounded gate and up, what Gemm +
+// LaunchSwiGlu give. CheckSkinnyGemm says whether a shape and its pointers can run (in a multiple
+// of 8, x and w 16-byte aligned).
+constexpr int kSkinnyGemmMaxRows = 8;
+enum class SkinnyEpilogue { kBf16, kFloat, kSwiGlu };
+Status CheckSkinnyGemm(const bf16* x, const bf16* w, int rows, int out, int in);
+Status LaunchSkinnyGemm(const bf16* x, const bf16* w, void* y, int rows, int out, int in,
+                        SkinnyEpilogue epilogue, cudaStream_t stream);
+
 // One token per row of logits [rows, vocab] fp32: greedy (ties to the lowest id, NaN skipped)
 // or temperature + top-p with the counter-based draw of agent/engine/sampling.h (same seed and
 // sample_index, same token, on every run). weights is scratch of rows · vocab floats.
