@@ -7,6 +7,7 @@
 #include <string>
 
 #include "agent/engine/cuda/cuda_check.h"
+#include "agent/engine/cuda/grid_dependency.cuh"
 #include "agent/engine/cuda/decode_attention_kernel.cuh"
 #include "agent/engine/cuda/kernels.h"
 
@@ -20,6 +21,8 @@ __global__ void __launch_bounds__(32)
                           const int32_t* __restrict__ block_tables,
                           const bf16* __restrict__ layer_cache, KvCacheGeometry g, int num_heads,
                           float scale_log2, int num_splits, float* __restrict__ partial) {
+  AllowDependentGridsToLaunch();
+  WaitForPrerequisiteGrids();
   __shared__ __align__(128) unsigned char smem[DecodeSmem<HD>::kBytes];
   DecodeAttentionBlock<HD>(q, meta, seq_index, block_tables, layer_cache, g, num_heads, scale_log2,
                            num_splits, partial, smem);
@@ -30,6 +33,8 @@ __global__ void __launch_bounds__(HD)
     DecodeCombineKernel(const SeqMeta* __restrict__ meta, const int32_t* __restrict__ seq_index,
                         const float* __restrict__ partial, int num_heads, int num_splits,
                         bf16* __restrict__ out) {
+  AllowDependentGridsToLaunch();
+  WaitForPrerequisiteGrids();
   DecodeCombineBlock<HD>(meta, seq_index, partial, num_heads, num_splits, out);
 }
 
@@ -39,12 +44,12 @@ Status LaunchDecode(const bf16* q, const SeqMeta* meta, const int32_t* seq_index
                     int num_heads, int num_splits, float* partial, bf16* out, cudaStream_t stream) {
   const float scale_log2 = AttentionScaleLog2(HD);
   const dim3 grid(num_splits, g.num_kv_heads, num_seqs);
-  DecodeAttentionKernel<HD><<<grid, 32, 0, stream>>>(q, meta, seq_index, block_tables, layer_cache,
-                                                     g, num_heads, scale_log2, num_splits, partial);
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("DecodeAttentionKernel");
-  DecodeCombineKernel<HD><<<dim3(num_heads, num_seqs), HD, 0, stream>>>(meta, seq_index, partial,
-                                                                        num_heads, num_splits, out);
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("DecodeCombineKernel");
+  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(DecodeAttentionKernel<HD>, grid, 32, 0, stream, q,
+                                              meta, seq_index, block_tables, layer_cache, g,
+                                              num_heads, scale_log2, num_splits, partial));
+  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(DecodeCombineKernel<HD>, dim3(num_heads, num_seqs),
+                                              HD, 0, stream, meta, seq_index, partial, num_heads,
+                                              num_splits, out));
   return Status::Ok();
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "agent/engine/cuda/cuda_check.h"
+#include "agent/engine/cuda/grid_dependency.cuh"
 #include "agent/engine/cuda/elementwise_kernels.cuh"
 #include "agent/engine/cuda/kernels.h"
 
@@ -17,27 +18,37 @@ __global__ void DummyInitKernel(bf16* out, int64_t n, uint64_t stream_id, double
 }
 
 __global__ void EmbeddingKernel(const int32_t* tokens, const bf16* embed, float* x, int hidden) {
+  AllowDependentGridsToLaunch();
+  WaitForPrerequisiteGrids();
   EmbeddingBody(tokens, embed, x, hidden);
 }
 
 __global__ void AddRmsNormKernel(float* x, const bf16* delta, const bf16* weight, bf16* out,
                                  int hidden, float eps) {
+  AllowDependentGridsToLaunch();
+  WaitForPrerequisiteGrids();
   __shared__ float shared[kRowThreads / 32];
   AddRmsNormBody(x, delta, weight, out, hidden, eps, shared);
 }
 
 __global__ void GatherResidualKernel(const float* x, const bf16* delta, const int32_t* rows,
                                      float* out, int hidden) {
+  AllowDependentGridsToLaunch();
+  WaitForPrerequisiteGrids();
   GatherResidualBody(x, delta, rows, out, hidden);
 }
 
 __global__ void RopeAndCacheWriteKernel(const bf16* qkv, const int32_t* positions,
                                         const int64_t* slots, const float2* rope, bf16* q_out,
                                         bf16* layer_cache, KvCacheGeometry g, int num_heads) {
+  AllowDependentGridsToLaunch();
+  WaitForPrerequisiteGrids();
   RopeAndCacheWriteBody(qkv, positions, slots, rope, q_out, layer_cache, g, num_heads);
 }
 
 __global__ void SwiGluKernel(const bf16* gate_up, bf16* out, int64_t n, int inter) {
+  AllowDependentGridsToLaunch();
+  WaitForPrerequisiteGrids();
   SwiGluBody(gate_up, out, n, inter);
 }
 
@@ -58,24 +69,24 @@ Status LaunchDummyInit(bf16* out, int64_t n, uint64_t stream_id, double bound, d
 Status LaunchEmbedding(const int32_t* tokens, const bf16* embed, float* x, int n, int hidden,
                        cudaStream_t stream) {
   if (n == 0) return Status::Ok();
-  EmbeddingKernel<<<n, kRowThreads, 0, stream>>>(tokens, embed, x, hidden);
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("EmbeddingKernel");
+  PDPOOL_CUDA_RETURN_IF_ERROR(
+      LaunchDependent(EmbeddingKernel, n, kRowThreads, 0, stream, tokens, embed, x, hidden));
   return Status::Ok();
 }
 
 Status LaunchAddRmsNorm(float* x, const bf16* delta, const bf16* weight, bf16* out, int n,
                         int hidden, float eps, cudaStream_t stream) {
   if (n == 0) return Status::Ok();
-  AddRmsNormKernel<<<n, kRowThreads, 0, stream>>>(x, delta, weight, out, hidden, eps);
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("AddRmsNormKernel");
+  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(AddRmsNormKernel, n, kRowThreads, 0, stream, x,
+                                              delta, weight, out, hidden, eps));
   return Status::Ok();
 }
 
 Status LaunchGatherResidual(const float* x, const bf16* delta, const int32_t* rows, float* out,
                             int count, int hidden, cudaStream_t stream) {
   if (count == 0) return Status::Ok();
-  GatherResidualKernel<<<count, kRowThreads, 0, stream>>>(x, delta, rows, out, hidden);
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("GatherResidualKernel");
+  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(GatherResidualKernel, count, kRowThreads, 0, stream,
+                                              x, delta, rows, out, hidden));
   return Status::Ok();
 }
 
@@ -84,16 +95,16 @@ Status LaunchRopeAndCacheWrite(const bf16* qkv, const int32_t* positions, const 
                                const KvCacheGeometry& geometry, int n, int num_heads,
                                cudaStream_t stream) {
   if (n == 0) return Status::Ok();
-  RopeAndCacheWriteKernel<<<n, kRowThreads, 0, stream>>>(qkv, positions, slots, rope, q_out,
-                                                         layer_cache, geometry, num_heads);
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("RopeAndCacheWriteKernel");
+  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(RopeAndCacheWriteKernel, n, kRowThreads, 0, stream,
+                                              qkv, positions, slots, rope, q_out, layer_cache,
+                                              geometry, num_heads));
   return Status::Ok();
 }
 
 Status LaunchSwiGlu(const bf16* gate_up, bf16* out, int n, int inter, cudaStream_t stream) {
   if (n == 0) return Status::Ok();
-  SwiGluKernel<<<GridFor(int64_t{n} * inter, 256), 256, 0, stream>>>(gate_up, out, n, inter);
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("SwiGluKernel");
+  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(SwiGluKernel, GridFor(int64_t{n} * inter, 256), 256,
+                                              0, stream, gate_up, out, int64_t{n}, inter));
   return Status::Ok();
 }
 

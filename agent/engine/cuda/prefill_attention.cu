@@ -6,6 +6,7 @@
 #include <string>
 
 #include "agent/engine/cuda/cuda_check.h"
+#include "agent/engine/cuda/grid_dependency.cuh"
 #include "agent/engine/cuda/kernels.h"
 #include "agent/engine/cuda/prefill_attention_kernel.cuh"
 
@@ -19,6 +20,8 @@ __global__ void __launch_bounds__(kPrefillThreads, 2)
                            const int32_t* __restrict__ block_tables,
                            const bf16* __restrict__ layer_cache, KvCacheGeometry g, int num_heads,
                            float scale_log2, bf16* __restrict__ out) {
+  AllowDependentGridsToLaunch();
+  WaitForPrerequisiteGrids();
   extern __shared__ __align__(128) unsigned char smem[];
   PrefillAttentionBlock<HD>(q, meta, tiles, num_tiles, block_tables, layer_cache, g, num_heads,
                             scale_log2, out, smem);
@@ -33,9 +36,10 @@ Status LaunchPrefill(const bf16* q, const SeqMeta* meta, const int2* tiles, int 
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    static_cast<int>(kBytes)));
   const float scale_log2 = AttentionScaleLog2(HD);
-  PrefillAttentionKernel<HD><<<dim3(num_heads, num_tiles), kPrefillThreads, kBytes, stream>>>(
-      q, meta, tiles, num_tiles, block_tables, layer_cache, g, num_heads, scale_log2, out);
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("PrefillAttentionKernel");
+  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(PrefillAttentionKernel<HD>, dim3(num_heads, num_tiles),
+                                              kPrefillThreads, kBytes, stream, q, meta, tiles,
+                                              num_tiles, block_tables, layer_cache, g, num_heads,
+                                              scale_log2, out));
   return Status::Ok();
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "agent/engine/cuda/cuda_check.h"
+#include "agent/engine/cuda/grid_dependency.cuh"
 #include "agent/engine/cuda/kernels.h"
 #include "agent/engine/cuda/sampling_kernel.cuh"
 
@@ -13,6 +14,8 @@ namespace {
 __global__ void __launch_bounds__(kSampleThreads, 1)
     SampleKernel(const float* __restrict__ logits, float* __restrict__ weights_all, int vocab,
                  const SampleRowParams* __restrict__ params, int32_t* __restrict__ tokens) {
+  AllowDependentGridsToLaunch();
+  WaitForPrerequisiteGrids();
   __shared__ SampleShared shared;
   SampleBlock(logits, weights_all, vocab, params, tokens, shared);
 }
@@ -22,8 +25,8 @@ __global__ void __launch_bounds__(kSampleThreads, 1)
 Status LaunchSample(const float* logits, float* weights, int rows, int vocab,
                     const SampleRowParams* params, int32_t* tokens, cudaStream_t stream) {
   if (rows == 0) return Status::Ok();
-  SampleKernel<<<rows, kSampleThreads, 0, stream>>>(logits, weights, vocab, params, tokens);
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("SampleKernel");
+  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(SampleKernel, rows, kSampleThreads, 0, stream, logits,
+                                              weights, vocab, params, tokens));
   return Status::Ok();
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "agent/engine/cuda/cuda_check.h"
+#include "agent/engine/cuda/grid_dependency.cuh"
 #include "agent/engine/cuda/kernels.h"
 #include "agent/engine/cuda/skinny_gemm_kernel.cuh"
 
@@ -13,7 +14,7 @@ namespace pdpool::agent::cuda {
 namespace {
 
 template <SkinnyEpilogue E>
-__global__ void __launch_bounds__(kSkinnyThreads, 4)
+__global__ void __launch_bounds__(kSkinnyThreads, 3)
     SkinnyGemmKernel(const bf16* __restrict__ x, const bf16* __restrict__ w, void* __restrict__ y,
                      int rows, int out, int in) {
   __shared__ SkinnyShared shared;
@@ -42,19 +43,21 @@ Status LaunchSkinnyGemm(const bf16* x, const bf16* w, void* y, int rows, int out
   if (Status s = CheckSkinnyGemm(x, w, rows, out, in); !s.ok()) return s;
   switch (epilogue) {
     case SkinnyEpilogue::kBf16:
-      SkinnyGemmKernel<SkinnyEpilogue::kBf16>
-          <<<(out + 15) / 16, kSkinnyThreads, 0, stream>>>(x, w, y, rows, out, in);
+      PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(SkinnyGemmKernel<SkinnyEpilogue::kBf16>,
+                                                  (out + 15) / 16, kSkinnyThreads, 0, stream, x,
+                                                  w, y, rows, out, in));
       break;
     case SkinnyEpilogue::kFloat:
-      SkinnyGemmKernel<SkinnyEpilogue::kFloat>
-          <<<(out + 15) / 16, kSkinnyThreads, 0, stream>>>(x, w, y, rows, out, in);
+      PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(SkinnyGemmKernel<SkinnyEpilogue::kFloat>,
+                                                  (out + 15) / 16, kSkinnyThreads, 0, stream, x,
+                                                  w, y, rows, out, in));
       break;
     case SkinnyEpilogue::kSwiGlu:
-      SkinnyGemmKernel<SkinnyEpilogue::kSwiGlu>
-          <<<(out + 7) / 8, kSkinnyThreads, 0, stream>>>(x, w, y, rows, out, in);
+      PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(SkinnyGemmKernel<SkinnyEpilogue::kSwiGlu>,
+                                                  (out + 7) / 8, kSkinnyThreads, 0, stream, x, w,
+                                                  y, rows, out, in));
       break;
   }
-  PDPOOL_CUDA_RETURN_IF_LAUNCH_FAILED("SkinnyGemmKernel");
   return Status::Ok();
 }
 

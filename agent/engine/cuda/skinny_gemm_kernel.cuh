@@ -15,6 +15,9 @@
 // Epilogues: bf16 or fp32 output; or SwiGLU, where W is the fused [gate; up] matrix of
 // 2·out rows and a block's fragment rows g and g+8 are gate row i and up row out + i, so one lane
 // holds both and writes bf16(silu(bf16 gate) · bf16 up), what the GEMM + SwiGluKernel pair gives.
+// Launched as a dependent grid (grid_dependency.cuh): the weights do not depend on the kernels
+// before it, so each warp starts its first steps' weight lines towards L2 while the previous
+// kernel finishes, and waits for that kernel only before it reads x.
 // A header so that tests can also run it on the host under tests/cuda_emulation; device code only.
 #pragma once
 
@@ -23,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "agent/engine/cuda/grid_dependency.cuh"
 #include "agent/engine/cuda/kernels.h"
 #include "agent/engine/cuda/warp_mma.cuh"
 
@@ -89,6 +93,14 @@ __device__ __forceinline__ void SkinnyGemmBlock(const bf16* __restrict__ x,
   const bool x_valid = g < rows;
   const bf16* x_p = x + int64_t{x_valid ? g : 0} * in + t * 8;
   const int steps = (in + 31) / 32;
+
+  AllowDependentGridsToLaunch();
+  // Lanes t = 0 … 3 of the first kSkinnyUnroll steps: 4 · 64 bytes of row g and of row g + 8.
+  if (warp + t * kSkinnyWarps < steps) {
+    PrefetchToL2(w_lo_p + (warp + t * kSkinnyWarps) * 32 - t * 8);
+    PrefetchToL2(w_hi_p + (warp + t * kSkinnyWarps) * 32 - t * 8);
+  }
+  WaitForPrerequisiteGrids();
 
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int first = warp; first < steps; first += kSkinnyWarps * kSkinnyUnroll) {
