@@ -789,6 +789,9 @@ TEST(RouterServerTest, MetricsMove) {
   stream["stream"] = true;
   ASSERT_EQ(router.Post("/v1/completions", stream)->status, 200);
   ASSERT_EQ(router.Post("/v1/completions", Completion("hi", 0))->status, 400);
+  // A stream stays in flight until its handler has finished, which can be just after the
+  // client has read the last event.
+  ASSERT_TRUE(WaitUntil([&] { return router.server().inflight() == 0; }));
   auto res = router.Get("/metrics");
   ASSERT_TRUE(res);
   const std::string& m = res->body;
