@@ -121,6 +121,12 @@ class CudaBackend final : public Backend {
     const ModelConfig& c = options_.model;
     PDPOOL_RETURN_IF_NOT_OK(c.Validate());
     PDPOOL_RETURN_IF_NOT_OK(cuda::CheckAttentionShape(c.head_dim, c.num_heads, c.num_kv_heads));
+    if (c.hidden_size % 8 != 0 || c.intermediate_size % 8 != 0) {
+      return Status::InvalidArgument(
+          "cuda backend: hidden_size " + std::to_string(c.hidden_size) + " and intermediate_size " +
+          std::to_string(c.intermediate_size) +
+          " must be multiples of 8 (the kernels move rows in 16-byte pieces)");
+    }
     if (options_.block_size < 1 || options_.block_size > 1024) {
       return Status::InvalidArgument("cuda backend: block_size " +
                                      std::to_string(options_.block_size) + " must be 1..1024");
@@ -680,22 +686,11 @@ class CudaBackend final : public Backend {
   // decode step reads) at each of kTimedRows, twice after a warm-up, and the faster is kept; the
   // times are logged. Inputs are zeroed first (the buffers are otherwise uninitialized).
   Status ChooseDecodeGemms() {
-    const ModelConfig& c = options_.model;
     const int most_rows = std::min({cuda::kSkinnyGemmMaxRows, options_.max_batched_tokens,
                                     std::max(options_.max_sequences, 1)});
-    // The skinny GEMM's shape limits (the buffers come from cudaMalloc: aligned).
-    const int widths[] = {c.hidden_size, c.num_heads * c.head_dim, c.intermediate_size};
-    const bool shapes_fit = std::all_of(std::begin(widths), std::end(widths),
-                                        [](int in) { return in % 8 == 0; });
+    // Init checked the skinny GEMM's shape limits (widths multiples of 8; cudaMalloc aligns).
     for (auto& row : skinny_) row.fill(false);
-    if (options_.decode_gemm == DecodeGemm::kCublas || !shapes_fit) {
-      if (options_.decode_gemm == DecodeGemm::kSkinny) {
-        return Status::InvalidArgument(
-            "cuda backend: decode_gemm skinny needs hidden, query width and intermediate sizes "
-            "that are multiples of 8");
-      }
-      return Status::Ok();
-    }
+    if (options_.decode_gemm == DecodeGemm::kCublas) return Status::Ok();
     if (options_.decode_gemm == DecodeGemm::kSkinny) {
       for (int r = 1; r <= most_rows; ++r) skinny_[static_cast<size_t>(r)].fill(true);
       return Status::Ok();

@@ -103,7 +103,7 @@ Status LaunchRopeAndCacheWrite(const bf16* qkv, const int32_t* positions, const 
 
 Status LaunchSwiGlu(const bf16* gate_up, bf16* out, int n, int inter, cudaStream_t stream) {
   if (n == 0) return Status::Ok();
-  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(SwiGluKernel, GridFor(int64_t{n} * inter, 256), 256,
+  PDPOOL_CUDA_RETURN_IF_ERROR(LaunchDependent(SwiGluKernel, GridFor(int64_t{n} * inter / 8, 256), 256,
                                               0, stream, gate_up, out, int64_t{n}, inter));
   return Status::Ok();
 }

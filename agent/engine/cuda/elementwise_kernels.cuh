@@ -1,7 +1,9 @@
 // The bodies of the cuda backend's elementwise and row kernels (elementwise_kernels.cu): dummy
 // weights, embedding, fused residual + RMSNorm, the last-token gather, RoPE with the KV cache
-// write, SwiGLU. See kernels.h for what each computes. A header so that tests can also run them
-// on the host under tests/cuda_emulation; device code only.
+// write, SwiGLU. See kernels.h for what each computes. Rows move 8 elements at a time in 16-byte
+// accesses (vector_memory.cuh), so hidden and intermediate sizes are multiples of 8 (the backend
+// checks at load) and head_dim a multiple of 16. A header so that tests can also run them on the
+// host under tests/cuda_emulation; device code only.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -10,6 +12,7 @@
 
 #include "agent/engine/cuda/kernels.h"
 #include "agent/engine/cuda/splitmix.cuh"
+#include "agent/engine/cuda/vector_memory.cuh"
 
 namespace pdpool::agent::cuda {
 
@@ -34,7 +37,11 @@ __device__ __forceinline__ void EmbeddingBody(const int32_t* tokens, const bf16*
   const int r = blockIdx.x;
   const bf16* src = embed + int64_t{tokens[r]} * hidden;
   float* dst = x + int64_t{r} * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = __bfloat162float(src[i]);
+  for (int c = threadIdx.x; c < hidden / 8; c += blockDim.x) {
+    float v[8];
+    Bf16x8ToFloats(Load16(src + 8 * c), v);
+    StoreFloats8(dst + 8 * c, v);
+  }
 }
 
 // Block-wide sum over kRowThreads threads (fixed order: the same inputs give the same bits).
@@ -54,19 +61,30 @@ __device__ __forceinline__ void AddRmsNormBody(float* x, const bf16* delta, cons
                                                bf16* out, int hidden, float eps, float* shared) {
   const int64_t row = blockIdx.x;
   float* xr = x + row * hidden;
+  const int chunks = hidden / 8;
   float sum_sq = 0.0f;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    float v = xr[i];
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    float v[8];
+    LoadFloats8(xr + 8 * c, v);
     if (delta != nullptr) {
-      v += __bfloat162float(delta[row * hidden + i]);
-      xr[i] = v;
+      float d[8];
+      Bf16x8ToFloats(Load16(delta + row * hidden + 8 * c), d);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] += d[i];
+      StoreFloats8(xr + 8 * c, v);
     }
-    sum_sq += v * v;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum_sq += v[i] * v[i];
   }
   const float inv = rsqrtf(BlockSum(sum_sq, shared) / static_cast<float>(hidden) + eps);
   bf16* o = out + row * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    o[i] = __float2bfloat16((xr[i] * inv) * __bfloat162float(weight[i]));
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    float v[8], w[8];
+    LoadFloats8(xr + 8 * c, v);  // this thread's own chunk, written above
+    Bf16x8ToFloats(Load16(weight + 8 * c), w);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = (v[i] * inv) * w[i];
+    Store16(o + 8 * c, FloatsToBf16x8(v));
   }
 }
 
@@ -74,12 +92,18 @@ __device__ __forceinline__ void GatherResidualBody(const float* x, const bf16* d
                                                    const int32_t* rows, float* out, int hidden) {
   const int64_t src = rows[blockIdx.x];
   float* o = out + int64_t{blockIdx.x} * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    o[i] = x[src * hidden + i] + __bfloat162float(delta[src * hidden + i]);
+  for (int c = threadIdx.x; c < hidden / 8; c += blockDim.x) {
+    float v[8], d[8];
+    LoadFloats8(x + src * hidden + 8 * c, v);
+    Bf16x8ToFloats(Load16(delta + src * hidden + 8 * c), d);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] += d[i];
+    StoreFloats8(o + 8 * c, v);
   }
 }
 
-// One block per row; thread t handles rotation pairs (i, i + half) of every head, i = t mod half.
+// One block per row. A work item is 8 rotation pairs (i … i+7, i+half … i+half+7) of one head,
+// or 8 elements of one value head.
 __device__ __forceinline__ void RopeAndCacheWriteBody(const bf16* qkv, const int32_t* positions,
                                                       const int64_t* slots, const float2* rope,
                                                       bf16* q_out, bf16* layer_cache,
@@ -91,38 +115,47 @@ __device__ __forceinline__ void RopeAndCacheWriteBody(const bf16* qkv, const int
   const float2* cs = rope + int64_t{positions[r]} * half;
   const int64_t slot = slots[r];
   // Rotated heads: num_heads query heads, then kvh key heads; then kvh value heads copied.
-  const int rotated_pairs = (num_heads + kvh) * half;
-  for (int p = threadIdx.x; p < rotated_pairs; p += blockDim.x) {
-    const int head = p / half, i = p - head * half;
-    const float a = __bfloat162float(src[head * hd + i]);
-    const float b = __bfloat162float(src[head * hd + i + half]);
-    const float2 c = cs[i];  // (cos, sin)
-    const bf16 lo = __float2bfloat16(a * c.x - b * c.y);
-    const bf16 hi = __float2bfloat16(b * c.x + a * c.y);
-    if (head < num_heads) {
-      bf16* q = q_out + int64_t{r} * num_heads * hd + head * hd;
-      q[i] = lo;
-      q[i + half] = hi;
-    } else {
-      bf16* k = layer_cache + g.Offset(0, head - num_heads, slot);
-      k[i] = lo;
-      k[i + half] = hi;
+  const int chunks_per_head = half / 8;
+  const int rotated = (num_heads + kvh) * chunks_per_head;
+  for (int item = threadIdx.x; item < rotated; item += blockDim.x) {
+    const int head = item / chunks_per_head, i = (item - head * chunks_per_head) * 8;
+    float a[8], b[8], first[8], second[8];  // (cos, sin) of pairs i … i+3, then i+4 … i+7
+    Bf16x8ToFloats(Load16(src + head * hd + i), a);
+    Bf16x8ToFloats(Load16(src + head * hd + i + half), b);
+    LoadFloats8(&cs[i].x, first);
+    LoadFloats8(&cs[i + 4].x, second);
+    float lo[8], hi[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float* c = j < 4 ? first + 2 * j : second + 2 * (j - 4);
+      const float cos = c[0], sin = c[1];
+      lo[j] = a[j] * cos - b[j] * sin;
+      hi[j] = b[j] * cos + a[j] * sin;
     }
+    bf16* dst = head < num_heads ? q_out + int64_t{r} * num_heads * hd + head * hd
+                                 : layer_cache + g.Offset(0, head - num_heads, slot);
+    Store16(dst + i, FloatsToBf16x8(lo));
+    Store16(dst + i + half, FloatsToBf16x8(hi));
   }
   const bf16* v_src = src + int64_t{num_heads + kvh} * hd;
-  for (int e = threadIdx.x; e < kvh * hd; e += blockDim.x) {
-    const int head = e / hd, d = e - head * hd;
-    layer_cache[g.Offset(1, head, slot) + d] = v_src[e];
+  for (int item = threadIdx.x; item < kvh * hd / 8; item += blockDim.x) {
+    const int head = item / (hd / 8), d = (item - head * (hd / 8)) * 8;
+    Store16(layer_cache + g.Offset(1, head, slot) + d, Load16(v_src + head * hd + d));
   }
 }
 
+// Work item: 8 adjacent outputs of one row.
 __device__ __forceinline__ void SwiGluBody(const bf16* gate_up, bf16* out, int64_t n, int inter) {
-  for (int64_t e = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; e < n * inter;
-       e += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = e / inter, i = e - r * inter;
-    const float gate = __bfloat162float(gate_up[r * 2 * inter + i]);
-    const float up = __bfloat162float(gate_up[r * 2 * inter + inter + i]);
-    out[e] = __float2bfloat16(gate / (1.0f + __expf(-gate)) * up);
+  const int chunks = inter / 8;
+  for (int64_t item = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; item < n * chunks;
+       item += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = item / chunks, i = (item - r * chunks) * 8;
+    float gate[8], up[8];
+    Bf16x8ToFloats(Load16(gate_up + r * 2 * inter + i), gate);
+    Bf16x8ToFloats(Load16(gate_up + r * 2 * inter + inter + i), up);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) gate[j] = gate[j] / (1.0f + __expf(-gate[j])) * up[j];
+    Store16(out + r * inter + i, FloatsToBf16x8(gate));
   }
 }
 

@@ -28,6 +28,7 @@
 
 #include "agent/engine/cuda/grid_dependency.cuh"
 #include "agent/engine/cuda/kernels.h"
+#include "agent/engine/cuda/vector_memory.cuh"
 #include "agent/engine/cuda/warp_mma.cuh"
 
 namespace pdpool::agent::cuda {
@@ -44,6 +45,7 @@ struct SkinnyShared {
 // 16 bytes of weights that this step reads once: not kept in L1.
 __device__ __forceinline__ uint4 LoadStreaming16(const bf16* p) {
 #if defined(PDPOOL_CUDA_EMULATION)
+  CheckAligned16(p);
   uint4 v;
   memcpy(&v, p, sizeof(v));
   return v;
@@ -54,12 +56,6 @@ __device__ __forceinline__ uint4 LoadStreaming16(const bf16* p) {
                : "l"(p));
   return v;
 #endif
-}
-
-__device__ __forceinline__ uint4 Load16(const bf16* p) {
-  uint4 v;
-  memcpy(&v, p, sizeof(v));  // one 16-byte load on the device (p is 16-byte aligned)
-  return v;
 }
 
 __device__ __forceinline__ float RoundToBf16(float v) {
