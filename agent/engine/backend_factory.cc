@@ -71,6 +71,9 @@ StatusOr<std::unique_ptr<Backend>> NewBackend(const BackendOptions& options) {
     auto decode_gemm = ParseDecodeGemm(options.decode_gemm);
     if (!decode_gemm.ok()) return decode_gemm.status();
     cuda.decode_gemm = *decode_gemm;
+    auto prefill_attention = ParsePrefillAttention(options.prefill_attention);
+    if (!prefill_attention.ok()) return prefill_attention.status();
+    cuda.prefill_attention = *prefill_attention;
     return NewCudaBackend(cuda);
 #else
     return Status::InvalidArgument(

@@ -30,6 +30,7 @@ struct BackendOptions {
   int max_model_len = 0;  // 0: the model's, at most 32768
   bool cuda_graphs = true;
   std::string decode_gemm = "auto";  // cuda: auto | cublas | skinny (cuda_backend.h, DecodeGemm)
+  std::string prefill_attention = "auto";  // cuda: auto | mma | wgmma (PrefillAttention)
 };
 
 // Whether this binary can run the cuda backend (built with nvcc).

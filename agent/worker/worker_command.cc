@@ -96,6 +96,10 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
                 "cuda: GEMMs of steps of at most 8 rows: auto (the faster of cublas and skinny, "
                 "measured at load), cublas or skinny")
       ->capture_default_str();
+  c->add_option("--prefill-attention", backend_.prefill_attention,
+                "cuda: prefill attention kernel: auto (wgmma on compute capability 9.0, mma "
+                "elsewhere), mma or wgmma")
+      ->capture_default_str();
   c->add_option("--block-size", backend_.block_size, "KV block size in tokens")
       ->capture_default_str();
   c->add_option("--num-kv-blocks", backend_.num_kv_blocks,

@@ -72,6 +72,7 @@ struct Options {
   int max_batched_tokens = 8192;
   bool no_cuda_graphs = false;
   std::string decode_gemm = "auto";
+  std::string prefill_attention = "auto";
   int decode_warmup = 5;
   int decode_steps = 20;
   int prefill_warmup = 2;
@@ -612,6 +613,12 @@ int Run(const Options& opt) {
     return 2;
   }
   bo.decode_gemm = *decode_gemm;
+  auto prefill_attention = agent::ParsePrefillAttention(opt.prefill_attention);
+  if (!prefill_attention.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", prefill_attention.status().ToString().c_str());
+    return 2;
+  }
+  bo.prefill_attention = *prefill_attention;
   report.backend = Json{{"backend", "cuda"},
                         {"weights", bo.weights},
                         {"block_size", bo.block_size},
@@ -621,6 +628,7 @@ int Run(const Options& opt) {
                         {"max_model_len", bo.max_model_len},
                         {"cuda_graphs", bo.cuda_graphs},
                         {"decode_gemm", opt.decode_gemm},
+                        {"prefill_attention", opt.prefill_attention},
                         {"sampling", "greedy"}};
   report.timing =
       "host steady clock around each Backend::Step, cudaDeviceSynchronize before and after; "
@@ -722,6 +730,9 @@ int main(int argc, char** argv) {
   app.add_option("--decode-gemm", opt.decode_gemm,
                  "GEMMs of steps of at most 8 rows: auto (measured at load; the times are "
                  "logged), cublas or skinny")
+      ->capture_default_str();
+  app.add_option("--prefill-attention", opt.prefill_attention,
+                 "prefill attention kernel: auto (wgmma on compute capability 9.0), mma or wgmma")
       ->capture_default_str();
   app.add_option("--decode-warmup", opt.decode_warmup)->capture_default_str();
   app.add_option("--decode-steps", opt.decode_steps, "timed decode steps per case")

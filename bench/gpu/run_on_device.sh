@@ -11,11 +11,14 @@
 #      comparison with PDPOOL_HF_REFERENCE_DIR set), gtest XML to $OUT/gpu_tests.xml;
 #   4. the peer: .device/peer_hf_llama.py on engine_bench's whole decode grid;
 #   5. engine_bench with the peer's JSON (table + JSON);
-#   6. kv_handoff_bench, when the bundle has it.
+#   6. kv_handoff_bench, when the bundle has it;
+#   7. with time left, engine_bench's decode batch 1 and prefill 8192 on the previous kernels
+#      (cuBLAS decode GEMMs, mma.sync prefill attention, no programmatic dependent launch).
 # Everything lands in $OUT (run.log with every step's full output, gpu_tests.xml, peer_hf.json,
-# engine_bench.json, kv_handoff.json when it writes one, summary.txt: within the 8 files a call
-# brings back) and a short summary table is printed last. Exit 0 when the script ran to its
-# end, whatever the steps' results (they are in the summary); 1 without the bundle.
+# engine_bench.json, kv_handoff.json when it writes one, engine_bench_baseline.json, summary.txt:
+# within the 8 files a call brings back) and a short summary table is printed last. Exit 0 when
+# the script ran to its end, whatever the steps' results (they are in the summary); 1 without
+# the bundle.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-/tmp/pdpool-device-out}
@@ -158,6 +161,17 @@ else
   skip_step kv_handoff "no kv_handoff_bench in the bundle"
 fi
 
+# ---- 7. the previous kernels, for comparison (only with time left) ----
+# Decode batch 1 and prefill 8192 with cuBLAS for the decode GEMMs, the mma.sync prefill
+# attention and no programmatic dependent launch: what the rows above gain from each.
+if [ "${RESULT[engine_bench]}" = ok ]; then
+  run_step engine_baseline 60 0 env PDPOOL_CUDA_PDL=0 "$BUNDLE/bin/engine_bench" \
+    --preset llama-3.1-8b --weights dummy:1 --rows decode:1:1024,prefill:8192 \
+    --decode-gemm cublas --prefill-attention mma --json "$OUT/engine_bench_baseline.json"
+else
+  skip_step engine_baseline "engine_bench did not finish"
+fi
+
 # ---- summary ----
 timeout 20 nvidia-smi --query-gpu=name,memory.used,clocks.sm,temperature.gpu,power.draw --format=csv,noheader || true
 tests_line=""
@@ -176,8 +190,10 @@ EOF
 fi
 {
   echo
-  if [ -s "$OUT/engine_bench.json" ]; then
-    "$PY" - "$OUT/engine_bench.json" <<'EOF'
+  for f in engine_bench engine_bench_baseline; do
+    [ -s "$OUT/$f.json" ] || continue
+    echo "-- $f.json"
+    "$PY" - "$OUT/$f.json" <<'EOF'
 import json, sys
 rep = json.load(open(sys.argv[1]))
 if rep.get("skipped"):
@@ -196,7 +212,7 @@ for r in rep.get("rows", []):
           f"{f(r.get('peer_ms'), '%.2f'):>9} {f(r.get('ratio_vs_peer'), '%.3f'):>8} {f(r.get('sim_ms'), '%.2f'):>8}"
           + (f"  [{r['error'][:60]}]" if r.get("error") else ""))
 EOF
-  fi
+  done
   echo
   echo "==== summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(elapsed) s of $BUDGET) ===="
   printf '%-14s %-8s %s\n' step seconds result

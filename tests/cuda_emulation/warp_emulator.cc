@@ -104,7 +104,13 @@ constexpr size_t kDefaultStackBytes = 256 * 1024;
 // Below each stack; large, so that a big stack frame cannot jump over it into another stack
 // (without -fstack-clash-protection nothing probes the pages in between).
 constexpr size_t kGuardBytes = 64 * 1024;
-constexpr size_t kSharedAlignment = 128;
+// The block's shared buffer is 1024-byte aligned, as is shared address 0 (SharedAddress returns
+// offsets into the buffer): the 128-byte swizzle of wgmma operands repeats every 1024 bytes of the
+// shared address (its "swizzle atom"), and a kernel that aligns its tiles by their generic pointer
+// gets shared addresses with the same alignment.
+constexpr size_t kSharedAlignment = 1024;
+constexpr int kWarpgroupSize = 128;  // warps 4i .. 4i+3 of the block
+constexpr int kWarpsPerWarpgroup = kWarpgroupSize / kWarpSize;
 
 // ---- errors ---------------------------------------------------------------------------------
 
@@ -161,6 +167,33 @@ const char* OpName(WarpOp op) {
       return "mma.m16n8k16 (MmaBf16)";
   }
   return "?";
+}
+
+// The warpgroup-wide instructions (.sync.aligned: all 128 threads of the warpgroup execute each
+// one together). fence.proxy.async is per thread and not among them.
+enum class WarpgroupOp : uint8_t { kNone, kFence, kCommit, kWait, kMmaSS, kMmaRS };
+
+const char* WarpgroupOpName(WarpgroupOp op) {
+  switch (op) {
+    case WarpgroupOp::kNone:
+      return "(none)";
+    case WarpgroupOp::kFence:
+      return "wgmma.fence (WarpgroupFence)";
+    case WarpgroupOp::kCommit:
+      return "wgmma.commit_group (WarpgroupCommit)";
+    case WarpgroupOp::kWait:
+      return "wgmma.wait_group (WarpgroupWait)";
+    case WarpgroupOp::kMmaSS:
+      return "wgmma.mma_async with A in shared memory (WarpgroupMmaSS)";
+    case WarpgroupOp::kMmaRS:
+      return "wgmma.mma_async with A in registers (WarpgroupMmaRS)";
+  }
+  return "?";
+}
+
+std::string WarpgroupName(int group) {
+  return Format("warpgroup %d (threads %d-%d)", group, group * kWarpgroupSize,
+                group * kWarpgroupSize + kWarpgroupSize - 1);
 }
 
 // ---- contexts ---------------------------------------------------------------------------------
@@ -319,7 +352,7 @@ bool GlobalReadable(const void* source, size_t bytes, bool* any_registered) {
 
 // ---- the block runtime ------------------------------------------------------------------------
 
-enum class State : uint8_t { kReady, kRunning, kAtBarrier, kAtWarp, kExited };
+enum class State : uint8_t { kReady, kRunning, kAtBarrier, kAtWarp, kAtWarpgroup, kExited };
 
 struct AsyncCopy {
   uint32_t dst;
@@ -330,9 +363,13 @@ struct Fiber {
   Context context;
   State state = State::kReady;
   WarpOp op = WarpOp::kNone;
+  WarpgroupOp warpgroup_op = WarpgroupOp::kNone;
   CallSite where{nullptr, 0};
   std::vector<AsyncCopy> open_group;             // issued, not yet committed
   std::deque<std::vector<AsyncCopy>> committed;  // oldest first
+  // 16-byte shared chunks this thread's cp.async copies landed in (at its wait_group) that may
+  // still lack its fence.proxy.async (see Runtime::chunk_unfenced).
+  std::vector<uint32_t> unfenced_chunks;
 };
 
 // The per-warp rendezvous: each lane deposits its operands and waits; the last lane to arrive
@@ -342,6 +379,7 @@ struct WarpSlot {
   int arrived = 0;
   int exited = 0;      // lanes that have returned
   int at_barrier = 0;  // lanes waiting at __syncthreads
+  int at_warpgroup = 0;  // lanes waiting at a warpgroup instruction (wgmma.*)
   uint64_t value[kWarpSize];
   int arg[kWarpSize];
   int width[kWarpSize];
@@ -355,6 +393,154 @@ struct WarpSlot {
   float* mma_d[kWarpSize];
 };
 
+// ---- wgmma operands (PTX ISA 9.7.15.5.1, restated in warp_emulator.h) ---------------------------
+
+// A shared-memory matrix descriptor, decoded ("Matrix Descriptor Format"): bits 0-13 start
+// address, 16-29 leading dimension byte offset, 32-45 stride dimension byte offset (each the byte
+// value >> 4), 49-51 base offset, 62-63 swizzle mode (0 none, 1 128-byte, 2 64-byte, 3 32-byte).
+struct MatrixDescriptor {
+  uint32_t start = 0;
+  uint32_t lbo = 0;
+  uint32_t sbo = 0;
+  unsigned base_offset = 0;
+  unsigned swizzle = 0;
+};
+
+constexpr uint64_t kDescriptorFields = 0x3FFFull | (0x3FFFull << 16) | (0x3FFFull << 32) |
+                                       (0x7ull << 49) | (0x3ull << 62);
+
+MatrixDescriptor DecodeDescriptor(uint64_t bits) {
+  MatrixDescriptor desc;
+  desc.start = static_cast<uint32_t>(bits & 0x3FFF) << 4;
+  desc.lbo = static_cast<uint32_t>((bits >> 16) & 0x3FFF) << 4;
+  desc.sbo = static_cast<uint32_t>((bits >> 32) & 0x3FFF) << 4;
+  desc.base_offset = static_cast<unsigned>((bits >> 49) & 0x7);
+  desc.swizzle = static_cast<unsigned>(bits >> 62);
+  return desc;
+}
+
+const char* SwizzleName(unsigned mode) {
+  switch (mode) {
+    case 0:
+      return "no swizzle / interleaved";
+    case 1:
+      return "128-byte swizzle";
+    case 2:
+      return "64-byte swizzle";
+    default:
+      return "32-byte swizzle";
+  }
+}
+
+// Swizzle<3,4,3> on a shared byte address: the 16-byte chunk index (bits 4-6) is XORed with the
+// 128-byte row index within the 1024-byte swizzle atom (bits 7-9). Applied to the whole shared
+// address, so with base offset 0 the pattern starts at every 1024-byte boundary.
+uint32_t Swizzle128B(uint32_t address) { return address ^ (((address >> 7) & 7u) << 4); }
+
+// The canonical 128-byte-swizzled layouts for 16-bit elements (T = 128 / 16 = 8 elements = 16
+// bytes), from the ISA's table in CuTe notation (strides in elements), for element (mn, k) of the
+// k16 slice the descriptor's start address points at (mn is the row of A or the column of B):
+//   K-major:  ((8,m),(T,2k)):((8T,SBO),(1,T))   mn = (mn%8) + 8*(mn/8), k = (k%8) + T*(k/8)
+//   MN-major: ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO))  mn = (mn%8) + T*((mn/8)%8) + 64*(mn/64),
+//                                                   k = (k%8) + 8*(k/8)
+// With the swizzle, K-major does not use LBO ("not used, assumed to be 1").
+uint32_t KMajorAddress(const MatrixDescriptor& desc, int mn, int k) {
+  uint32_t offset = static_cast<uint32_t>(mn % 8) * 128 + static_cast<uint32_t>(mn / 8) * desc.sbo +
+                    static_cast<uint32_t>(k % 8) * 2 + static_cast<uint32_t>(k / 8) * 16;
+  return Swizzle128B(desc.start + offset);
+}
+uint32_t MnMajorAddress(const MatrixDescriptor& desc, int mn, int k) {
+  uint32_t offset = static_cast<uint32_t>(mn % 8) * 2 + static_cast<uint32_t>((mn / 8) % 8) * 16 +
+                    static_cast<uint32_t>(mn / 64) * desc.lbo + static_cast<uint32_t>(k % 8) * 128 +
+                    static_cast<uint32_t>(k / 8) * desc.sbo;
+  return Swizzle128B(desc.start + offset);
+}
+
+// The fragment element that register index j (< n/2) of thread i (< 128) of a warpgroup holds in
+// an m64nN accumulator: d[4q + 2h + c] = (row 16w + g + 8h, column 8q + 2t + c), w = i / 32.
+void AccumulatorElement(int i, int j, int* row, int* col) {
+  int w = i / kWarpSize, lane = i % kWarpSize, g = lane / 4, t = lane % 4;
+  int q = j / 4, h = (j / 2) % 2, c = j % 2;
+  *row = 16 * w + g + 8 * h;
+  *col = 8 * q + 2 * t + c;
+}
+
+uint32_t FloatBits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
+}
+float BitsFloat(uint32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// Calls fn(index in p, index in q) for every float that both [p, p + p_count) and
+// [q, q + q_count) cover (the same register of a thread named by two wgmmas).
+template <typename Fn>
+void ForEachShared(const float* p, int p_count, const float* q, int q_count, Fn fn) {
+  uintptr_t p0 = reinterpret_cast<uintptr_t>(p), q0 = reinterpret_cast<uintptr_t>(q);
+  uintptr_t low = std::max(p0, q0);
+  uintptr_t high = std::min(p0 + sizeof(float) * static_cast<size_t>(p_count),
+                            q0 + sizeof(float) * static_cast<size_t>(q_count));
+  if ((p0 - q0) % sizeof(float) != 0) return;
+  for (uintptr_t x = low; x < high; x += sizeof(float)) {
+    fn(static_cast<int>((x - p0) / sizeof(float)), static_cast<int>((x - q0) / sizeof(float)));
+  }
+}
+
+// One issued wgmma.mma_async.m64nNk16.f32.bf16.bf16: what the warpgroup passed, and what its
+// registers and shared operands held at issue. Computed when a wgmma.wait_group completes its
+// group.
+struct Wgmma {
+  uint64_t serial = 0;  // 1 for the warpgroup's first wgmma.mma_async in the block, 2, ...
+  int n = 0;
+  bool accumulate = false;  // scale-d
+  bool trans_b = false;     // imm-trans-b: B is N-major
+  bool a_in_registers = false;
+  uint64_t desc_a = 0, desc_b = 0;
+  float* d[kWarpgroupSize];
+  const uint32_t* a[kWarpgroupSize];
+  uint32_t a_issued[kWarpgroupSize][4];
+  // The bits each thread's n/2 accumulators must hold at completion ([i * n/2 + j]): their
+  // contents at issue, updated as earlier wgmmas of the warpgroup write the same registers.
+  std::vector<uint32_t> d_expected;
+  std::vector<uint32_t> a_address;  // A in shared memory: [m * 16 + k]
+  std::vector<uint16_t> a_bits;
+  std::vector<uint32_t> b_address;  // [n * 16 + k]
+  std::vector<uint16_t> b_bits;
+};
+
+// What a completed wgmma wrote into the accumulators, kept until the next wgmma.fence.
+struct AccumulatorWrite {
+  uint64_t serial = 0;
+  int n = 0;
+  float* d[kWarpgroupSize];
+  std::vector<uint32_t> bits;  // [i * n/2 + j]
+};
+
+// The per-warpgroup rendezvous and wgmma state.
+struct WarpgroupSlot {
+  WarpgroupOp op = WarpgroupOp::kNone;
+  int arrived = 0;
+  int exited = 0;        // threads of the warpgroup that have returned
+  bool fenced = false;   // a wgmma.fence has completed since the block started
+  uint64_t issued = 0;   // wgmma.mma_async issued so far
+  // Operands, deposited by thread (tid % 128).
+  int pending[kWarpgroupSize];
+  int n[kWarpgroupSize];
+  float* d[kWarpgroupSize];
+  const uint32_t* a[kWarpgroupSize];
+  uint64_t desc_a[kWarpgroupSize];
+  uint64_t desc_b[kWarpgroupSize];
+  bool accumulate[kWarpgroupSize];
+  bool trans_b[kWarpgroupSize];
+  std::vector<Wgmma> open;                   // issued, not yet committed
+  std::deque<std::vector<Wgmma>> committed;  // wgmma-groups, oldest first
+  std::vector<AccumulatorWrite> written_since_fence;
+};
+
 class Runtime {
  public:
   // Set by RunGrid for its duration.
@@ -364,7 +550,11 @@ class Runtime {
   int threads = 0;
   std::vector<Fiber> fibers;
   std::vector<WarpSlot> warps;
+  std::vector<WarpgroupSlot> warpgroups;  // ceil(threads / 128); a partial last one is unusable
   std::vector<int16_t> chunk_owner;  // per 16 shared bytes: thread of an in-flight cp.async, or -1
+  // Per 16 shared bytes: the thread whose cp.async landed there (at its wait_group) and that has not
+  // executed fence.proxy.async since, or -1. wgmma (the async proxy) must not read such bytes.
+  std::vector<int16_t> chunk_unfenced;
   Context main_context;
   const void* main_stack = nullptr;
   size_t main_stack_bytes = 0;
@@ -380,9 +570,19 @@ class Runtime {
   void StartBlock() {
     std::memset(shared, 0xff, shared_bytes);
     std::fill(chunk_owner.begin(), chunk_owner.end(), int16_t{-1});
+    std::fill(chunk_unfenced.begin(), chunk_unfenced.end(), int16_t{-1});
     for (WarpSlot& warp : warps) {
       warp.op = WarpOp::kNone;
-      warp.arrived = warp.exited = warp.at_barrier = 0;
+      warp.arrived = warp.exited = warp.at_barrier = warp.at_warpgroup = 0;
+    }
+    for (WarpgroupSlot& group : warpgroups) {
+      group.op = WarpgroupOp::kNone;
+      group.arrived = group.exited = 0;
+      group.fenced = false;
+      group.issued = 0;
+      group.open.clear();
+      group.committed.clear();
+      group.written_since_fence.clear();
     }
     current = -1;
     exited = barrier_arrived = 0;
@@ -397,9 +597,11 @@ class Runtime {
       Fiber& fiber = fibers[static_cast<size_t>(tid)];
       fiber.state = State::kReady;
       fiber.op = WarpOp::kNone;
+      fiber.warpgroup_op = WarpgroupOp::kNone;
       fiber.where = CallSite(nullptr, 0);
       fiber.open_group.clear();
       fiber.committed.clear();
+      fiber.unfenced_chunks.clear();
       char* stack = g_stacks.Stack(static_cast<size_t>(tid));
 #ifdef PDPOOL_EMU_ASAN
       __asan_unpoison_memory_region(stack, g_stacks.bytes());
@@ -547,6 +749,9 @@ class Runtime {
         return "waiting at __syncthreads" + Site(fiber.where);
       case State::kAtWarp:
         return std::string("waiting at warp collective ") + OpName(fiber.op) + Site(fiber.where);
+      case State::kAtWarpgroup:
+        return std::string("waiting at warpgroup instruction ") +
+               WarpgroupOpName(fiber.warpgroup_op);
       case State::kExited:
         return "returned (exited)";
     }
@@ -587,6 +792,24 @@ class Runtime {
     return out;
   }
 
+  // The threads of (complete) warpgroup `group` other than the current thread that are in
+  // `state`, as ranges ("0-31,33").
+  std::string ThreadsOf(int group, State state) const {
+    std::string out;
+    int first = -1;
+    int end = group * kWarpgroupSize + kWarpgroupSize;
+    for (int tid = group * kWarpgroupSize; tid <= end; ++tid) {
+      bool in = tid < end && tid != current && fibers[static_cast<size_t>(tid)].state == state;
+      if (in && first < 0) first = tid;
+      if (!in && first >= 0) {
+        out += (out.empty() ? "" : ",") +
+               (first == tid - 1 ? std::to_string(first) : Format("%d-%d", first, tid - 1));
+        first = -1;
+      }
+    }
+    return out;
+  }
+
   // ---- barriers and collectives ----
 
   void SyncThreads(const CallSite& where) {
@@ -604,6 +827,12 @@ class Runtime {
       Fail(Who(tid) + " reaches __syncthreads" + Site(where) + " while lanes " +
            LanesOf(tid / kWarpSize, State::kAtWarp) + " of its warp wait for it at " +
            OpName(warp.op) + ": deadlock (divergent warp).\n" + DescribeThreads());
+    }
+    const WarpgroupSlot& group = warpgroups[static_cast<size_t>(tid / kWarpgroupSize)];
+    if (group.arrived > 0) {
+      Fail(Who(tid) + " reaches __syncthreads" + Site(where) + " while threads " +
+           ThreadsOf(tid / kWarpgroupSize, State::kAtWarpgroup) + " of its warpgroup wait for it at " +
+           WarpgroupOpName(group.op) + ": deadlock (divergent warpgroup).\n" + DescribeThreads());
     }
     ++warp.at_barrier;
     if (++barrier_arrived < threads) {
@@ -642,6 +871,12 @@ class Runtime {
       Fail(Who(tid) + " reaches " + OpName(op) + Site(where) + " while lanes " +
            LanesOf(warp_index, State::kAtBarrier) +
            " of its warp wait at __syncthreads: deadlock (divergent warp).\n" + DescribeThreads());
+    }
+    if (warp.at_warpgroup > 0) {
+      Fail(Who(tid) + " reaches " + OpName(op) + Site(where) + " while lanes " +
+           LanesOf(warp_index, State::kAtWarpgroup) + " of its warp wait at " +
+           WarpgroupOpName(warpgroups[static_cast<size_t>(tid / kWarpgroupSize)].op) +
+           ": deadlock (divergent warp).\n" + DescribeThreads());
     }
     if (warp.arrived > 0 && warp.op != op) {
       Fail(Who(tid) + " reaches " + OpName(op) + Site(where) + " while lanes " +
@@ -689,6 +924,23 @@ class Runtime {
       Fail(Who(tid) + " returns while " + std::to_string(barrier_arrived) +
            " thread(s) wait for it at __syncthreads.\n" + DescribeThreads());
     }
+    WarpgroupSlot& group = warpgroups[static_cast<size_t>(tid / kWarpgroupSize)];
+    if (group.arrived > 0) {
+      Fail(Who(tid) + " returns while threads " +
+           ThreadsOf(tid / kWarpgroupSize, State::kAtWarpgroup) + " of its warpgroup wait for it at " +
+           WarpgroupOpName(group.op) + ".\n" + DescribeThreads());
+    }
+    size_t in_committed = 0;
+    for (const auto& batch : group.committed) in_committed += batch.size();
+    if (!group.open.empty() || in_committed > 0) {
+      Fail(Format("%s returns with %zu wgmma.mma_async of its warpgroup still pending (%zu "
+                  "uncommitted, never closed into a group by wgmma.commit_group; %zu in committed "
+                  "group(s) that no wgmma.wait_group has completed): its accumulators would be "
+                  "written after it exited",
+                  Who(tid).c_str(), group.open.size() + in_committed, group.open.size(),
+                  in_committed));
+    }
+    ++group.exited;
     ++warp.exited;
     ++exited;
   }

@@ -65,7 +65,8 @@ std::unique_ptr<Backend> Cpu(const ModelConfig& c) {
 }
 
 std::unique_ptr<Backend> Gpu(const ModelConfig& c, bool graphs = true,
-                             DecodeGemm decode_gemm = DecodeGemm::kAuto) {
+                             DecodeGemm decode_gemm = DecodeGemm::kAuto,
+                             PrefillAttention prefill_attention = PrefillAttention::kAuto) {
   CudaBackendOptions o;
   o.model = c;
   o.weights = "dummy:" + std::to_string(kWeightSeed);
@@ -75,6 +76,7 @@ std::unique_ptr<Backend> Gpu(const ModelConfig& c, bool graphs = true,
   o.max_sequences = 64;
   o.cuda_graphs = graphs;
   o.decode_gemm = decode_gemm;
+  o.prefill_attention = prefill_attention;
   auto b = NewCudaBackend(o);
   EXPECT_TRUE(b.ok()) << b.status().ToString();
   return b.ok() ? std::move(*b) : nullptr;
@@ -103,19 +105,25 @@ class CudaBackendTest : public ::testing::Test {
   void SetUp() override { PDPOOL_SKIP_WITHOUT_GPU(); }
 };
 
-// Decode steps of 5 sequences take the GEMMs that decode_gemm says (steps of at most 8 rows).
-class CudaBackendDecodeGemmTest : public ::testing::TestWithParam<DecodeGemm> {
+// Decode steps of 5 sequences take the GEMMs that decode_gemm says (steps of at most 8 rows);
+// the prefill takes the attention kernel prefill_attention says (auto: wgmma on Hopper).
+struct KernelChoice {
+  DecodeGemm decode_gemm;
+  PrefillAttention prefill_attention;
+  const char* name;
+};
+class CudaBackendKernelChoiceTest : public ::testing::TestWithParam<KernelChoice> {
  protected:
   void SetUp() override { PDPOOL_SKIP_WITHOUT_GPU(); }
 };
 
-TEST_P(CudaBackendDecodeGemmTest, PrefillAndDecodeMatchTheCpuBackend) {
+TEST_P(CudaBackendKernelChoiceTest, PrefillAndDecodeMatchTheCpuBackend) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   const ModelConfig c = SmallConfig();
   auto cpu = Cpu(c);
-  auto gpu = Gpu(c, true, GetParam());
+  auto gpu = Gpu(c, true, GetParam().decode_gemm, GetParam().prefill_attention);
   ASSERT_TRUE(cpu && gpu);
   // One batch of prompts of several lengths (tile edges included), then decode steps that
   // feed back the cpu's greedy tokens to both.
@@ -146,14 +154,12 @@ TEST_P(CudaBackendDecodeGemmTest, PrefillAndDecodeMatchTheCpuBackend) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(DecodeGemms, CudaBackendDecodeGemmTest,
-                         ::testing::Values(DecodeGemm::kAuto, DecodeGemm::kCublas,
-                                           DecodeGemm::kSkinny),
-                         [](const ::testing::TestParamInfo<DecodeGemm>& info) {
-                           return info.param == DecodeGemm::kAuto     ? std::string("auto")
-                                  : info.param == DecodeGemm::kCublas ? std::string("cublas")
-                                                                      : std::string("skinny");
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Kernels, CudaBackendKernelChoiceTest,
+    ::testing::Values(KernelChoice{DecodeGemm::kAuto, PrefillAttention::kAuto, "auto"},
+                      KernelChoice{DecodeGemm::kCublas, PrefillAttention::kMma, "cublas_mma"},
+                      KernelChoice{DecodeGemm::kSkinny, PrefillAttention::kAuto, "skinny"}),
+    [](const ::testing::TestParamInfo<KernelChoice>& info) { return info.param.name; });
 
 TEST_F(CudaBackendTest, ChunkedPrefillEqualsOneShotPrefill) {
   std::mt19937_64 rng(FreshSeed());
@@ -312,8 +318,8 @@ TEST_F(CudaBackendTest, ErrorsNameWhatIsWrong) {
   EXPECT_EQ(gpu->device_kv()->device_uuid.rfind("GPU-", 0), 0u);
 }
 
-// Runs without a GPU too: the names a worker's --decode-gemm takes.
-TEST(DecodeGemmTest, NamesParseAndOthersAreRefusedWithTheChoices) {
+// Runs without a GPU too: the names a worker's --decode-gemm and --prefill-attention take.
+TEST(KernelChoiceTest, NamesParseAndOthersAreRefusedWithTheChoices) {
   EXPECT_EQ(*ParseDecodeGemm("auto"), DecodeGemm::kAuto);
   EXPECT_EQ(*ParseDecodeGemm("cublas"), DecodeGemm::kCublas);
   EXPECT_EQ(*ParseDecodeGemm("skinny"), DecodeGemm::kSkinny);
@@ -321,6 +327,12 @@ TEST(DecodeGemmTest, NamesParseAndOthersAreRefusedWithTheChoices) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("auto, cublas or skinny"), std::string::npos)
       << bad.status().message();
+  EXPECT_EQ(*ParsePrefillAttention("auto"), PrefillAttention::kAuto);
+  EXPECT_EQ(*ParsePrefillAttention("mma"), PrefillAttention::kMma);
+  EXPECT_EQ(*ParsePrefillAttention("wgmma"), PrefillAttention::kWgmma);
+  const auto bad_attention = ParsePrefillAttention("fa3");
+  ASSERT_FALSE(bad_attention.ok());
+  EXPECT_NE(bad_attention.status().message().find("auto, mma or wgmma"), std::string::npos);
 }
 
 }  // namespace

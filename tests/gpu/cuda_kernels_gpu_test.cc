@@ -141,14 +141,25 @@ TEST_P(AttentionKernelTest, PrefillMatchesFloat64Reference) {
   meta.Upload(c.meta);
   tables.Upload(c.tables);
   tile_list.Upload(tiles);
-  out.Poison();
-  ASSERT_TRUE(LaunchPrefillAttention(q.ptr, meta.ptr, tile_list.ptr, static_cast<int>(tiles.size()),
-                                     tables.ptr, cache.ptr, c.g, c.num_heads, out.ptr, nullptr)
-                  .ok());
-  ASSERT_CUDA(cudaDeviceSynchronize());
-  const double error = RelativeError(ToFloat(out.Download()), ref);
-  EXPECT_LE(error, 1e-2);
-  RecordProperty("prefill_rel_error", std::to_string(error));
+  // The mma.sync kernel everywhere; the wgmma one where it runs (compute capability 9.0).
+  int device = 0, major = 0, minor = 0;
+  ASSERT_CUDA(cudaGetDevice(&device));
+  ASSERT_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  ASSERT_CUDA(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  for (const bool wgmma : {false, true}) {
+    if (wgmma && !WgmmaPrefillAttentionSupported(major, minor)) continue;
+    SCOPED_TRACE(wgmma ? "wgmma kernel" : "mma.sync kernel");
+    out.Poison();
+    const Status launched =
+        (wgmma ? LaunchPrefillAttentionWgmma : LaunchPrefillAttention)(
+            q.ptr, meta.ptr, tile_list.ptr, static_cast<int>(tiles.size()), tables.ptr, cache.ptr,
+            c.g, c.num_heads, out.ptr, nullptr);
+    ASSERT_TRUE(launched.ok()) << launched.ToString();
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const double error = RelativeError(ToFloat(out.Download()), ref);
+    EXPECT_LE(error, 1e-2);
+    RecordProperty(wgmma ? "prefill_wgmma_rel_error" : "prefill_rel_error", std::to_string(error));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernelTest,

@@ -3,6 +3,7 @@
 // copied to fixed device buffers, and run on one stream: embedding, then per layer RMSNorm →
 // QKV GEMM → RoPE + KV write → decode and/or prefill attention → O GEMM → residual + RMSNorm →
 // gate/up GEMM → SwiGLU → down GEMM, then the sampled rows' final norm, LM head and sampler.
+// Prefill attention runs on the wgmma kernel on compute capability 9.0, the mma.sync one elsewhere.
 // Steps of at most 8 rows may run their GEMMs on the skinny GEMM instead of cuBLAS (SwiGLU then
 // fused into the gate/up one): per projection and row count, whichever measured faster at load
 // (ChooseDecodeGemms), unless the options force one.
@@ -154,6 +155,14 @@ class CudaBackend final : public Backend {
                                      "; bf16 tensor cores need 8.0 or newer (built for 9.0)");
     }
     num_sms_ = prop.multiProcessorCount;
+    const bool wgmma_runs = cuda::WgmmaPrefillAttentionSupported(prop.major, prop.minor);
+    if (options_.prefill_attention == PrefillAttention::kWgmma && !wgmma_runs) {
+      return Status::InvalidArgument(std::string("cuda backend: prefill attention wgmma needs "
+                                                 "compute capability 9.0; ") +
+                                     prop.name + " has " + std::to_string(prop.major) + "." +
+                                     std::to_string(prop.minor) + " (use mma or auto)");
+    }
+    wgmma_prefill_ = options_.prefill_attention != PrefillAttention::kMma && wgmma_runs;
     device_name_ = prop.name;
     region_.device = options_.device;
     region_.device_uuid = cuda::GpuUuidString(prop.uuid);
@@ -775,7 +784,8 @@ class CudaBackend final : public Backend {
           q_.get<bf16>(), Dev<cuda::SeqMeta>(arrays_.meta), Dev<int32_t>(arrays_.decode_index),
           plan.num_decode, Dev<int32_t>(arrays_.block_tables), layer_cache, geometry_, nh,
           plan.num_splits, partial_.get<float>(), attn_.get<bf16>(), stream_));
-      PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchPrefillAttention(
+      PDPOOL_RETURN_IF_NOT_OK((wgmma_prefill_ ? cuda::LaunchPrefillAttentionWgmma
+                                              : cuda::LaunchPrefillAttention)(
           q_.get<bf16>(), Dev<cuda::SeqMeta>(arrays_.meta), Dev<int2>(arrays_.tiles),
           plan.num_tiles, Dev<int32_t>(arrays_.block_tables), layer_cache, geometry_, nh,
           attn_.get<bf16>(), stream_));
@@ -850,6 +860,7 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   int num_sms_ = 0;
   int decode_blocks_per_sm_ = 1;  // the decode attention kernel's occupancy
+  bool wgmma_prefill_ = false;    // prefill attention on the sm_90a wgmma kernel
   int max_model_len_ = 0;
   cudaStream_t stream_ = nullptr;
   const cuda::CublasApi* blas_ = nullptr;  // loaded at run time (cuda_libraries.h)
@@ -890,6 +901,14 @@ StatusOr<DecodeGemm> ParseDecodeGemm(const std::string& name) {
   if (name == "cublas") return DecodeGemm::kCublas;
   if (name == "skinny") return DecodeGemm::kSkinny;
   return Status::InvalidArgument("decode GEMM \"" + name + "\": must be auto, cublas or skinny");
+}
+
+StatusOr<PrefillAttention> ParsePrefillAttention(const std::string& name) {
+  if (name == "auto") return PrefillAttention::kAuto;
+  if (name == "mma") return PrefillAttention::kMma;
+  if (name == "wgmma") return PrefillAttention::kWgmma;
+  return Status::InvalidArgument("prefill attention \"" + name +
+                                 "\": must be auto, mma or wgmma");
 }
 
 StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const CudaBackendOptions& options) {

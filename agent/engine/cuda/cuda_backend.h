@@ -26,6 +26,12 @@ enum class DecodeGemm { kAuto, kCublas, kSkinny };
 // "auto", "cublas" or "skinny"; InvalidArgument naming the choices otherwise.
 StatusOr<DecodeGemm> ParseDecodeGemm(const std::string& name);
 
+// Which kernel runs prefill attention: flash-attention-2 style on mma.sync (any sm_80+ GPU), or
+// on Hopper's warpgroup MMA (compute capability 9.0 only); kAuto takes wgmma where it runs.
+enum class PrefillAttention { kAuto, kMma, kWgmma };
+// "auto", "mma" or "wgmma"; InvalidArgument naming the choices otherwise.
+StatusOr<PrefillAttention> ParsePrefillAttention(const std::string& name);
+
 struct CudaBackendOptions {
   ModelConfig model;
   // "dummy:<seed>" generates DummyWeights' exact values on the GPU (rounded to bf16) without a
@@ -40,6 +46,7 @@ struct CudaBackendOptions {
   int max_model_len = 0;          // 0: min(max_position_embeddings, 32768)
   bool cuda_graphs = true;        // decode steps replayed from captured graphs
   DecodeGemm decode_gemm = DecodeGemm::kAuto;
+  PrefillAttention prefill_attention = PrefillAttention::kAuto;
 };
 
 StatusOr<std::unique_ptr<Backend>> NewCudaBackend(const CudaBackendOptions& options);

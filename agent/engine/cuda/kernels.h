@@ -92,6 +92,15 @@ Status LaunchPrefillAttention(const bf16* q, const SeqMeta* meta, const int2* ti
                               const int32_t* block_tables, const bf16* layer_cache,
                               const KvCacheGeometry& geometry, int num_heads, bf16* out,
                               cudaStream_t stream);
+// The same on Hopper's warpgroup MMA (prefill_attention_sm90a.cu), same arguments and results;
+// built for sm_90a, so it runs only where WgmmaPrefillAttentionSupported(compute capability).
+bool WgmmaPrefillAttentionSupported(int major, int minor);
+Status LaunchPrefillAttentionWgmma(const bf16* q, const SeqMeta* meta, const int2* tiles,
+                                   int num_tiles, const int32_t* block_tables,
+                                   const bf16* layer_cache, const KvCacheGeometry& geometry,
+                                   int num_heads, bf16* out, cudaStream_t stream);
+// The launch limits both prefill kernels check (shape, at most 65535 tiles).
+Status CheckPrefillAttentionLaunch(int num_tiles, const KvCacheGeometry& geometry, int num_heads);
 
 // Decode-step GEMMs without cuBLAS, for at most kSkinnyGemmMaxRows rows (skinny_gemm.cu):
 // y[rows, out] = x[rows, in] · Wᵀ, W [out, in] row-major, read once on tensor cores. kBf16 and

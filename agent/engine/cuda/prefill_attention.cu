@@ -45,11 +45,8 @@ Status LaunchPrefill(const bf16* q, const SeqMeta* meta, const int2* tiles, int 
 
 }  // namespace
 
-Status LaunchPrefillAttention(const bf16* q, const SeqMeta* meta, const int2* tiles, int num_tiles,
-                              const int32_t* block_tables, const bf16* layer_cache,
-                              const KvCacheGeometry& geometry, int num_heads, bf16* out,
-                              cudaStream_t stream) {
-  if (num_tiles == 0) return Status::Ok();
+Status CheckPrefillAttentionLaunch(int num_tiles, const KvCacheGeometry& geometry,
+                                   int num_heads) {
   if (Status shape = CheckAttentionShape(geometry.head_dim, num_heads, geometry.num_kv_heads);
       !shape.ok()) {
     return shape;
@@ -58,6 +55,15 @@ Status LaunchPrefillAttention(const bf16* q, const SeqMeta* meta, const int2* ti
     return Status::InvalidArgument("prefill attention: " + std::to_string(num_tiles) +
                                    " query tiles exceed the grid's 65535");
   }
+  return Status::Ok();
+}
+
+Status LaunchPrefillAttention(const bf16* q, const SeqMeta* meta, const int2* tiles, int num_tiles,
+                              const int32_t* block_tables, const bf16* layer_cache,
+                              const KvCacheGeometry& geometry, int num_heads, bf16* out,
+                              cudaStream_t stream) {
+  if (num_tiles == 0) return Status::Ok();
+  if (Status s = CheckPrefillAttentionLaunch(num_tiles, geometry, num_heads); !s.ok()) return s;
   if (geometry.head_dim == 128) {
     return LaunchPrefill<128>(q, meta, tiles, num_tiles, block_tables, layer_cache, geometry,
                               num_heads, out, stream);

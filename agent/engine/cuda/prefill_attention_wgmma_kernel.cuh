@@ -1,0 +1,208 @@
+// The body of the causal prefill attention kernel for Hopper (prefill_attention_sm90a.cu), on
+// warpgroup MMA (wgmma, warpgroup_mma.cuh). Same work split and results as the mma.sync kernel
+// (prefill_attention_kernel.cuh): a block takes 64 query rows of one sequence and one query head,
+// walks the keys in 64-token tiles up to its last row's position with an online softmax, and
+// nothing of size T×T exists. What differs is where the operands live:
+//   S = Q·Kᵀ is one m64n64k16 wgmma per 16 dims, A (Q) and B (K) read by the tensor cores
+//     straight from 128-byte-swizzled shared memory, so no warp loads K into registers;
+//   O += P·V is one m64nHDk16 wgmma per 16 keys, P from the score registers (the accumulator
+//     layout is the A fragment layout) and V from shared memory as an N-major B.
+// The block is one warpgroup (4 warps, 128 threads); its 64 rows are the MMA's M, warp w holding
+// rows 16w … 16w+15 exactly as in the mma.sync kernel, so the softmax and the per-lane bookkeeping
+// are attention_tile.cuh's. K/V tiles are double-buffered with cp.async. A header so that tests
+// can also run it on the host under tests/cuda_emulation; device code only.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "agent/engine/cuda/attention_tile.cuh"
+#include "agent/engine/cuda/kernels.h"
+#include "agent/engine/cuda/warp_mma.cuh"
+#include "agent/engine/cuda/warpgroup_mma.cuh"
+
+namespace pdpool::agent::cuda {
+
+constexpr int kWgmmaPrefillKeys = 64;     // keys per tile: the N of S = Q·Kᵀ
+constexpr int kWgmmaPrefillThreads = 128;  // one warpgroup: the 64 rows of a query tile
+static_assert(kPrefillTileRows == 64, "a query tile is the M = 64 of one wgmma");
+
+// Shared memory of one block, every tile 128-byte swizzled: a tile of 64 rows × HD is HD / 64
+// regions of 64 rows × 128 bytes (64 bf16 per row), each 8 KB and 1024-byte aligned. Q, then
+// two stages of (K, V). kBytes includes 1 KB of slack to align the base to 1024 bytes.
+template <int HD>
+struct WgmmaPrefillSmem {
+  static constexpr uint32_t kRegion = 64 * 128;  // bytes: 64 rows × 64 bf16
+  static constexpr uint32_t kTile = HD / 64 * kRegion;
+  static constexpr uint32_t kQ = 0;
+  static constexpr uint32_t K(int stage) { return kTile * (1 + 2 * stage); }
+  static constexpr uint32_t V(int stage) { return kTile * (2 + 2 * stage); }
+  static constexpr size_t kBytes = 5 * size_t{kTile} + 1024;
+};
+
+// Byte offset, inside a swizzled tile, of the 16-byte chunk `chunk` (8 bf16) of row `row`.
+template <int HD>
+__device__ __forceinline__ uint32_t SwizzledTileOffset(int row, int chunk) {
+  return static_cast<uint32_t>(chunk / 8) * WgmmaPrefillSmem<HD>::kRegion +
+         Swizzle128Offset(row, (chunk % 8) * 8);
+}
+
+// Starts the copies of keys [key0, key0 + 64) of one KV head into the swizzled tiles at shared
+// addresses k_s and v_s (keys at or past `end` become zeros). The caller commits and waits.
+template <int HD>
+__device__ __forceinline__ void CopyPagedKvTileSwizzled(const bf16* __restrict__ layer_cache,
+                                                        const int32_t* __restrict__ table,
+                                                        const KvCacheGeometry& g, int kv_head,
+                                                        int key0, int end, uint32_t k_s,
+                                                        uint32_t v_s) {
+  constexpr int kChunks = HD / 8;
+#pragma unroll
+  for (int e = threadIdx.x; e < kWgmmaPrefillKeys * kChunks; e += kWgmmaPrefillThreads) {
+    const int j = e / kChunks, chunk = e % kChunks;
+    const int t = key0 + j;
+    const bool valid = t < end;
+    const bf16* k_src = layer_cache;
+    if (valid) {
+      const int64_t block = table[t / g.block_size];
+      k_src = layer_cache + block * g.block_stride + kv_head * g.head_stride +
+              int64_t{t % g.block_size} * HD + chunk * 8;
+    }
+    const uint32_t at = SwizzledTileOffset<HD>(j, chunk);
+    CopyAsync16(k_s + at, k_src, valid);
+    CopyAsync16(v_s + at, valid ? k_src + g.kv_stride : k_src, valid);
+  }
+}
+
+// One block of kWgmmaPrefillThreads threads; smem is WgmmaPrefillSmem<HD>::kBytes of shared
+// memory. Arguments as PrefillAttentionBlock's.
+template <int HD>
+__device__ __forceinline__ void WgmmaPrefillAttentionBlock(
+    const bf16* __restrict__ q, const SeqMeta* __restrict__ meta, const int2* __restrict__ tiles,
+    int num_tiles, const int32_t* __restrict__ block_tables, const bf16* __restrict__ layer_cache,
+    const KvCacheGeometry& g, int num_heads, float scale_log2, bf16* __restrict__ out,
+    unsigned char* smem) {
+  using L = WgmmaPrefillSmem<HD>;
+  constexpr int kChunks = HD / 8;
+  // The swizzle pattern is anchored at 1024-byte boundaries of the shared window.
+  const uint32_t base = (SharedAddress(smem) + 1023u) & ~1023u;
+
+  const int head = blockIdx.x;
+  const int2 tile = tiles[num_tiles - 1 - blockIdx.y];
+  const SeqMeta m = meta[tile.x];
+  const int kv_head = head / (num_heads / g.num_kv_heads);
+  const int rows = min(kPrefillTileRows, m.num_new - tile.y);  // valid query rows
+  const int first_pos = m.context_len - m.num_new + tile.y;    // position of row 0
+  const int key_end = first_pos + rows;                        // keys [0, key_end) are visible
+  const int num_key_tiles = (key_end + kWgmmaPrefillKeys - 1) / kWgmmaPrefillKeys;
+  const int32_t* table = block_tables + m.block_table_offset;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g8 = lane / 4, t4 = lane % 4;
+  const int warp_row0 = warp * 16;
+  const int pos[2] = {first_pos + warp_row0 + g8, first_pos + warp_row0 + g8 + 8};
+
+  // Stage 0: the Q tile (rows past the tile's end are zeros) and the first K/V tile.
+  for (int e = threadIdx.x; e < kPrefillTileRows * kChunks; e += kWgmmaPrefillThreads) {
+    const int r = e / kChunks, c = e % kChunks;
+    const bool valid = r < rows;
+    const bf16* src =
+        valid ? q + (int64_t{m.q_start + tile.y + r} * num_heads + head) * HD + c * 8 : q;
+    CopyAsync16(base + L::kQ + SwizzledTileOffset<HD>(r, c), src, valid);
+  }
+  CopyPagedKvTileSwizzled<HD>(layer_cache, table, g, kv_head, 0, key_end, base + L::K(0),
+                              base + L::V(0));
+  CommitAsyncCopies();
+
+  // Accumulators in the wgmma D layout, which is attention_tile.cuh's [8-column block][4].
+  float o[HD / 8][4];
+#pragma unroll
+  for (int n = 0; n < HD / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};
+
+  for (int kt = 0; kt < num_key_tiles; ++kt) {
+    const int stage = kt & 1;
+    if (kt + 1 < num_key_tiles) {
+      CopyPagedKvTileSwizzled<HD>(layer_cache, table, g, kv_head, (kt + 1) * kWgmmaPrefillKeys,
+                                  key_end, base + L::K(stage ^ 1), base + L::V(stage ^ 1));
+      CommitAsyncCopies();
+      WaitAsyncCopies<1>();
+    } else {
+      WaitAsyncCopies<0>();
+    }
+    FenceProxyAsyncShared();  // the copies, written through the generic proxy, to wgmma
+    __syncthreads();
+
+    // S = Q·Kᵀ: K-major A and B, 16 dims (32 bytes of a swizzled row) per step.
+    float s[kWgmmaPrefillKeys / 8][4];
+    WarpgroupFence();
+#pragma unroll
+    for (int k16 = 0; k16 < HD / 16; ++k16) {
+      const uint32_t step = static_cast<uint32_t>(k16 / 4) * L::kRegion + (k16 % 4) * 32u;
+      WarpgroupMmaSS64<false>(reinterpret_cast<float(&)[kWgmmaPrefillKeys / 2]>(s),
+                              Swizzle128Descriptor(base + L::kQ + step, 16, 1024),
+                              Swizzle128Descriptor(base + L::K(stage) + step, 16, 1024),
+                              k16 > 0);
+    }
+    WarpgroupCommit();
+    WarpgroupWait<0>();
+
+    // Scale into log2 units and mask keys past each row's position.
+    const int key0 = kt * kWgmmaPrefillKeys;
+    const bool masked_tile = key0 + kWgmmaPrefillKeys - 1 > pos[0] - g8;
+#pragma unroll
+    for (int n = 0; n < kWgmmaPrefillKeys / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + n * 8 + 2 * t4 + (e & 1);
+        s[n][e] = masked_tile && key > pos[e / 2] ? -INFINITY : s[n][e] * scale_log2;
+      }
+    }
+    OnlineSoftmax(s, row_max, row_sum, o);
+
+    // O += P·V: P's A fragments from the weights, V as an N-major B (16 keys = 2 × 8 rows of
+    // 128 bytes per step; the next 64 dims one region further).
+    // All of P is packed before the first wgmma: registers written between the MMAs of one batch
+    // would make the compiler fence each of them.
+    uint32_t p[kWgmmaPrefillKeys / 16][4];
+#pragma unroll
+    for (int k16 = 0; k16 < kWgmmaPrefillKeys / 16; ++k16) {
+      p[k16][0] = PackBf16x2(s[2 * k16][0], s[2 * k16][1]);
+      p[k16][1] = PackBf16x2(s[2 * k16][2], s[2 * k16][3]);
+      p[k16][2] = PackBf16x2(s[2 * k16 + 1][0], s[2 * k16 + 1][1]);
+      p[k16][3] = PackBf16x2(s[2 * k16 + 1][2], s[2 * k16 + 1][3]);
+    }
+    WarpgroupFence();
+#pragma unroll
+    for (int k16 = 0; k16 < kWgmmaPrefillKeys / 16; ++k16) {
+      const uint64_t v_desc =
+          Swizzle128Descriptor(base + L::V(stage) + k16 * 2048u, L::kRegion, 1024);
+      if constexpr (HD == 128) {
+        WarpgroupMmaRS128<true>(reinterpret_cast<float(&)[HD / 2]>(o), p[k16], v_desc, true);
+      } else {
+        WarpgroupMmaRS64<true>(reinterpret_cast<float(&)[HD / 2]>(o), p[k16], v_desc, true);
+      }
+    }
+    WarpgroupCommit();
+    WarpgroupWait<0>();
+    __syncthreads();  // this stage is refilled by the next iteration's prefetch
+  }
+
+  // out = O / sum, bf16; a row's sum is spread over its quad.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float sum = QuadSum(row_sum[h]);
+    const int r = warp_row0 + g8 + 8 * h;
+    if (r >= rows) continue;
+    const float inv = 1.0f / sum;
+    bf16* out_row = out + (int64_t{m.q_start + tile.y + r} * num_heads + head) * HD + 2 * t4;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      *reinterpret_cast<__nv_bfloat162*>(out_row + n * 8) =
+          __floats2bfloat162_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+    }
+  }
+}
+
+}  // namespace pdpool::agent::cuda
