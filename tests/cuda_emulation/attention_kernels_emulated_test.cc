@@ -1,6 +1,6 @@
-// The decode and prefill attention kernel bodies (agent/engine/cuda/*_kernel.cuh) run on the
-// CPU under the warp emulator (warp_emulator.h: one fiber per CUDA thread, ldmatrix, mma.sync
-// and cp.async emulated as the PTX ISA defines them) and are compared with the same float64
+// The decode and prefill attention kernel bodies (agent/engine/cuda/*_kernel.cuh; prefill both
+// on mma.sync and on wgmma) run on the CPU under the warp emulator (warp_emulator.h: one fiber
+// per CUDA thread, ldmatrix, mma.sync, wgmma and cp.async emulated as the PTX ISA defines them) and are compared with the same float64
 // references as the GPU tests (tests/gpu/paged_attention_case.h), on fresh random inputs with
 // outputs poisoned. This checks their fragment layouts, masking, pipelines, splits and barriers
 // on machines without a GPU; it says nothing of their speed, and the GPU tests remain the
@@ -20,6 +20,7 @@
 
 #include "agent/engine/cuda/decode_attention_kernel.cuh"
 #include "agent/engine/cuda/prefill_attention_kernel.cuh"
+#include "agent/engine/cuda/prefill_attention_wgmma_kernel.cuh"
 #include "tests/gpu/gpu_test_support.h"
 #include "tests/gpu/paged_attention_case.h"
 
@@ -70,6 +71,22 @@ std::vector<bf16> RunPrefill(const PagedCase& c, const std::vector<int2>& tiles)
 }
 
 template <int HD>
+std::vector<bf16> RunWgmmaPrefill(const PagedCase& c, const std::vector<int2>& tiles) {
+  std::vector<bf16> out(c.q.size());
+  Poison(out);
+  Register(c.cache);
+  Register(c.q);
+  const int num_tiles = static_cast<int>(tiles.size());
+  RunGrid(dim3(c.num_heads, num_tiles), kWgmmaPrefillThreads, WgmmaPrefillSmem<HD>::kBytes,
+          [&](unsigned char* smem) {
+            WgmmaPrefillAttentionBlock<HD>(c.q.data(), c.meta.data(), tiles.data(), num_tiles,
+                                           c.tables.data(), c.cache.data(), c.g, c.num_heads,
+                                           AttentionScaleLog2(HD), out.data(), smem);
+          });
+  return out;
+}
+
+template <int HD>
 std::vector<bf16> RunDecode(const PagedCase& c, int splits) {
   const int num_seqs = static_cast<int>(c.meta.size());
   std::vector<int32_t> index(c.meta.size());
@@ -94,23 +111,42 @@ std::vector<bf16> RunDecode(const PagedCase& c, int splits) {
   return out;
 }
 
+// Tile edges (63, 64, 65 rows), three tiles, and chunks with earlier context cached; and the
+// 64-row query tiles of every sequence.
+PagedCase PrefillCase(std::mt19937_64& rng, int head_dim, int group, std::vector<int2>* tiles) {
+  PagedCase c = MakeCase(rng, head_dim, 1, group,
+                         {{0, 63}, {0, 64}, {0, 65}, {0, 150}, {100, 50}, {31, 2}, {77, 1}});
+  for (size_t i = 0; i < c.meta.size(); ++i) {
+    for (int t0 = 0; t0 < c.meta[i].num_new; t0 += kPrefillTileRows) {
+      tiles->push_back({static_cast<int>(i), t0});
+    }
+  }
+  return c;
+}
+
 TEST_P(EmulatedAttentionTest, PrefillMatchesFloat64Reference) {
   const auto [head_dim, group] = GetParam();
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   SetScheduleSeed(seed | 1);
-  // Tile edges (63, 64, 65 rows), three tiles, and chunks with earlier context cached.
-  const PagedCase c = MakeCase(rng, head_dim, 1, group,
-                               {{0, 63}, {0, 64}, {0, 65}, {0, 150}, {100, 50}, {31, 2}, {77, 1}});
   std::vector<int2> tiles;
-  for (size_t i = 0; i < c.meta.size(); ++i) {
-    for (int t0 = 0; t0 < c.meta[i].num_new; t0 += kPrefillTileRows) {
-      tiles.push_back({static_cast<int>(i), t0});
-    }
-  }
+  const PagedCase c = PrefillCase(rng, head_dim, group, &tiles);
   const std::vector<bf16> out =
       head_dim == 128 ? RunPrefill<128>(c, tiles) : RunPrefill<64>(c, tiles);
+  EXPECT_LE(RelativeError(ToFloat(out), Reference(c)), 1e-2);
+}
+
+TEST_P(EmulatedAttentionTest, WgmmaPrefillMatchesFloat64Reference) {
+  const auto [head_dim, group] = GetParam();
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  SetScheduleSeed(seed | 1);
+  std::vector<int2> tiles;
+  const PagedCase c = PrefillCase(rng, head_dim, group, &tiles);
+  const std::vector<bf16> out =
+      head_dim == 128 ? RunWgmmaPrefill<128>(c, tiles) : RunWgmmaPrefill<64>(c, tiles);
   EXPECT_LE(RelativeError(ToFloat(out), Reference(c)), 1e-2);
 }
 

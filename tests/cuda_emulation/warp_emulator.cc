@@ -14,12 +14,17 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
+
+// Declares the wgmma emulation functions defined at the end of this file (after
+// warp_emulator.h, which brings cuda_bf16.h's __device__ & co.).
+#include "agent/engine/cuda/warpgroup_mma.cuh"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define PDPOOL_EMU_ASAN 1
@@ -406,8 +411,8 @@ struct MatrixDescriptor {
   unsigned swizzle = 0;
 };
 
-constexpr uint64_t kDescriptorFields = 0x3FFFull | (0x3FFFull << 16) | (0x3FFFull << 32) |
-                                       (0x7ull << 49) | (0x3ull << 62);
+constexpr uint64_t kDescriptorFields =
+    0x3FFFull | (0x3FFFull << 16) | (0x3FFFull << 32) | (0x7ull << 49) | (0x3ull << 62);
 
 MatrixDescriptor DecodeDescriptor(uint64_t bits) {
   MatrixDescriptor desc;
@@ -524,9 +529,9 @@ struct AccumulatorWrite {
 struct WarpgroupSlot {
   WarpgroupOp op = WarpgroupOp::kNone;
   int arrived = 0;
-  int exited = 0;        // threads of the warpgroup that have returned
-  bool fenced = false;   // a wgmma.fence has completed since the block started
-  uint64_t issued = 0;   // wgmma.mma_async issued so far
+  int exited = 0;       // threads of the warpgroup that have returned
+  bool fenced = false;  // a wgmma.fence has completed since the block started
+  uint64_t issued = 0;  // wgmma.mma_async issued so far
   // Operands, deposited by thread (tid % 128).
   int pending[kWarpgroupSize];
   int n[kWarpgroupSize];
@@ -552,8 +557,8 @@ class Runtime {
   std::vector<WarpSlot> warps;
   std::vector<WarpgroupSlot> warpgroups;  // ceil(threads / 128); a partial last one is unusable
   std::vector<int16_t> chunk_owner;  // per 16 shared bytes: thread of an in-flight cp.async, or -1
-  // Per 16 shared bytes: the thread whose cp.async landed there (at its wait_group) and that has not
-  // executed fence.proxy.async since, or -1. wgmma (the async proxy) must not read such bytes.
+  // Per 16 shared bytes: the thread whose cp.async landed there (at its wait_group) and that has
+  // not executed fence.proxy.async since, or -1. wgmma (the async proxy) must not read such bytes.
   std::vector<int16_t> chunk_unfenced;
   Context main_context;
   const void* main_stack = nullptr;
@@ -831,8 +836,9 @@ class Runtime {
     const WarpgroupSlot& group = warpgroups[static_cast<size_t>(tid / kWarpgroupSize)];
     if (group.arrived > 0) {
       Fail(Who(tid) + " reaches __syncthreads" + Site(where) + " while threads " +
-           ThreadsOf(tid / kWarpgroupSize, State::kAtWarpgroup) + " of its warpgroup wait for it at " +
-           WarpgroupOpName(group.op) + ": deadlock (divergent warpgroup).\n" + DescribeThreads());
+           ThreadsOf(tid / kWarpgroupSize, State::kAtWarpgroup) +
+           " of its warpgroup wait for it at " + WarpgroupOpName(group.op) +
+           ": deadlock (divergent warpgroup).\n" + DescribeThreads());
     }
     ++warp.at_barrier;
     if (++barrier_arrived < threads) {
@@ -927,18 +933,19 @@ class Runtime {
     WarpgroupSlot& group = warpgroups[static_cast<size_t>(tid / kWarpgroupSize)];
     if (group.arrived > 0) {
       Fail(Who(tid) + " returns while threads " +
-           ThreadsOf(tid / kWarpgroupSize, State::kAtWarpgroup) + " of its warpgroup wait for it at " +
-           WarpgroupOpName(group.op) + ".\n" + DescribeThreads());
+           ThreadsOf(tid / kWarpgroupSize, State::kAtWarpgroup) +
+           " of its warpgroup wait for it at " + WarpgroupOpName(group.op) + ".\n" +
+           DescribeThreads());
     }
     size_t in_committed = 0;
     for (const auto& batch : group.committed) in_committed += batch.size();
     if (!group.open.empty() || in_committed > 0) {
-      Fail(Format("%s returns with %zu wgmma.mma_async of its warpgroup still pending (%zu "
-                  "uncommitted, never closed into a group by wgmma.commit_group; %zu in committed "
-                  "group(s) that no wgmma.wait_group has completed): its accumulators would be "
-                  "written after it exited",
-                  Who(tid).c_str(), group.open.size() + in_committed, group.open.size(),
-                  in_committed));
+      Fail(Format(
+          "%s returns with %zu wgmma.mma_async of its warpgroup still pending (%zu "
+          "uncommitted, never closed into a group by wgmma.commit_group; %zu in committed "
+          "group(s) that no wgmma.wait_group has completed): its accumulators would be "
+          "written after it exited",
+          Who(tid).c_str(), group.open.size() + in_committed, group.open.size(), in_committed));
     }
     ++group.exited;
     ++warp.exited;
@@ -1217,8 +1224,540 @@ class Runtime {
       for (const AsyncCopy& copy : fiber.committed.front()) {
         std::memcpy(shared + copy.dst, copy.bytes, 16);
         chunk_owner[copy.dst / 16] = -1;
+        // cp.async writes through the generic proxy: wgmma may read these bytes only after this
+        // thread's fence.proxy.async.
+        int16_t& writer = chunk_unfenced[copy.dst / 16];
+        if (writer != current) {
+          writer = static_cast<int16_t>(current);
+          fiber.unfenced_chunks.push_back(copy.dst / 16);
+        }
       }
       fiber.committed.pop_front();
+    }
+  }
+
+  // fence.proxy.async.shared::cta: this thread's landed cp.async writes become readable by wgmma.
+  void FenceProxyAsyncShared() {
+    Fiber& fiber = fibers[static_cast<size_t>(current)];
+    for (uint32_t chunk : fiber.unfenced_chunks) {
+      if (chunk_unfenced[chunk] == current) chunk_unfenced[chunk] = -1;
+    }
+    fiber.unfenced_chunks.clear();
+  }
+
+  // ---- warpgroup instructions (wgmma) ----
+
+  // The current thread has deposited its operands in its warpgroup's slot; returns once all 128
+  // threads have arrived at the same instruction and it has taken effect.
+  void WarpgroupCollective(WarpgroupOp op) {
+    int tid = current;
+    int group = tid / kWarpgroupSize;
+    const char* name = WarpgroupOpName(op);
+    if ((group + 1) * kWarpgroupSize > threads) {
+      Fail(
+          Format("%s reaches %s, but its warpgroup %d (warps %d-%d) is incomplete in a block of %d "
+                 "threads: warpgroup instructions need all 128 threads of warps 4i .. 4i+3",
+                 Who(tid).c_str(), name, group, group * kWarpsPerWarpgroup,
+                 group * kWarpsPerWarpgroup + kWarpsPerWarpgroup - 1, threads));
+    }
+    Fiber& fiber = fibers[static_cast<size_t>(tid)];
+    fiber.state = State::kAtWarpgroup;
+    fiber.warpgroup_op = op;
+    fiber.where = CallSite(nullptr, 0);
+    WarpgroupSlot& slot = warpgroups[static_cast<size_t>(group)];
+    int warp_index = tid / kWarpSize;
+    WarpSlot& warp = warps[static_cast<size_t>(warp_index)];
+    if (slot.exited > 0) {
+      Fail(Who(tid) + " reaches " + name + " but threads " + ThreadsOf(group, State::kExited) +
+           " of its warpgroup have returned: a warpgroup instruction needs all 128 threads.\n" +
+           DescribeThreads());
+    }
+    for (int w = group * kWarpsPerWarpgroup; w < (group + 1) * kWarpsPerWarpgroup; ++w) {
+      if (warps[static_cast<size_t>(w)].at_barrier > 0) {
+        Fail(Who(tid) + " reaches " + name + " while threads " +
+             ThreadsOf(group, State::kAtBarrier) +
+             " of its warpgroup wait at __syncthreads: deadlock (divergent warpgroup).\n" +
+             DescribeThreads());
+      }
+    }
+    if (warp.arrived > 0) {
+      Fail(Who(tid) + " reaches " + name + " while lanes " + LanesOf(warp_index, State::kAtWarp) +
+           " of its warp wait at " + OpName(warp.op) + ": deadlock (divergent warp).\n" +
+           DescribeThreads());
+    }
+    if (slot.arrived > 0 && slot.op != op) {
+      Fail(Who(tid) + " reaches " + name + " while threads " +
+           ThreadsOf(group, State::kAtWarpgroup) + " of its warpgroup wait at " +
+           WarpgroupOpName(slot.op) + ": divergent warpgroup instructions.\n" + DescribeThreads());
+    }
+    slot.op = op;
+    ++warp.at_warpgroup;
+    if (++slot.arrived < kWarpgroupSize) {
+      Block();
+      return;
+    }
+    slot.arrived = 0;
+    slot.op = WarpgroupOp::kNone;
+    for (int w = group * kWarpsPerWarpgroup; w < (group + 1) * kWarpsPerWarpgroup; ++w) {
+      warps[static_cast<size_t>(w)].at_warpgroup = 0;
+    }
+    ++stats.collectives;
+    CompleteWarpgroup(op, group, &slot);
+    fiber.state = State::kRunning;
+    release_.clear();
+    for (int i = 0; i < kWarpgroupSize; ++i) {
+      int other = group * kWarpgroupSize + i;
+      if (other != tid) release_.push_back(other);
+    }
+    Release(&release_);
+    MaybeYield();
+  }
+
+  void CompleteWarpgroup(WarpgroupOp op, int group, WarpgroupSlot* slot) {
+    switch (op) {
+      case WarpgroupOp::kNone:
+        return;
+      case WarpgroupOp::kFence:
+        // Orders the threads' register accesses before later wgmmas: the emulator's wgmmas read
+        // registers at completion anyway; it only remembers that the fence happened.
+        slot->fenced = true;
+        slot->written_since_fence.clear();
+        return;
+      case WarpgroupOp::kCommit:
+        slot->committed.push_back(std::move(slot->open));
+        slot->open.clear();
+        return;
+      case WarpgroupOp::kWait:
+        return CompleteWarpgroupWait(group, slot);
+      case WarpgroupOp::kMmaSS:
+        return IssueWgmma(group, slot, false);
+      case WarpgroupOp::kMmaRS:
+        return IssueWgmma(group, slot, true);
+    }
+  }
+
+  // wgmma.wait_group N: every committed wgmma-group but the newest N completes, oldest first and
+  // each group's wgmmas in issue order. Uncommitted wgmmas are not waited for.
+  void CompleteWarpgroupWait(int group, WarpgroupSlot* slot) {
+    const int base = group * kWarpgroupSize;
+    const int pending = slot->pending[0];
+    for (int i = 1; i < kWarpgroupSize; ++i) {
+      if (slot->pending[i] != pending) {
+        Fail(Format("%s: wgmma.wait_group: threads disagree on N (thread %d: %d, thread %d: %d)",
+                    WarpgroupName(group).c_str(), base, pending, base + i, slot->pending[i]));
+      }
+    }
+    if (pending < 0) {
+      Fail(
+          Format("%s: wgmma.wait_group %d: N must be >= 0", WarpgroupName(group).c_str(), pending));
+    }
+    while (slot->committed.size() > static_cast<size_t>(pending)) {
+      std::vector<Wgmma> batch = std::move(slot->committed.front());
+      slot->committed.pop_front();
+      for (size_t i = 0; i < batch.size(); ++i) {
+        std::vector<uint32_t> result = ExecuteWgmma(group, batch[i]);
+        // Later wgmmas that name the same accumulator registers see this result (the ISA orders
+        // accumulator accesses across wgmma.mma_async of the same shape).
+        for (size_t j = i + 1; j < batch.size(); ++j) ForwardResult(batch[i], result, &batch[j]);
+        for (auto& later_batch : slot->committed) {
+          for (Wgmma& later : later_batch) ForwardResult(batch[i], result, &later);
+        }
+        for (Wgmma& later : slot->open) ForwardResult(batch[i], result, &later);
+        RecordAccumulatorWrite(batch[i], std::move(result), slot);
+      }
+    }
+  }
+
+  static void ForwardResult(const Wgmma& done, const std::vector<uint32_t>& result, Wgmma* later) {
+    const int done_half = done.n / 2, later_half = later->n / 2;
+    for (int i = 0; i < kWarpgroupSize; ++i) {
+      ForEachShared(later->d[i], later_half, done.d[i], done_half, [&](int j_later, int j_done) {
+        later->d_expected[static_cast<size_t>(i * later_half + j_later)] =
+            result[static_cast<size_t>(i * done_half + j_done)];
+      });
+    }
+  }
+
+  static void RecordAccumulatorWrite(const Wgmma& done, std::vector<uint32_t> result,
+                                     WarpgroupSlot* slot) {
+    AccumulatorWrite write;
+    write.serial = done.serial;
+    write.n = done.n;
+    std::copy(std::begin(done.d), std::end(done.d), std::begin(write.d));
+    write.bits = std::move(result);
+    const int half = write.n / 2;
+    auto& writes = slot->written_since_fence;
+    for (AccumulatorWrite& earlier : writes) {
+      const int earlier_half = earlier.n / 2;
+      for (int i = 0; i < kWarpgroupSize; ++i) {
+        ForEachShared(earlier.d[i], earlier_half, write.d[i], half, [&](int j_earlier, int j) {
+          earlier.bits[static_cast<size_t>(i * earlier_half + j_earlier)] =
+              write.bits[static_cast<size_t>(i * half + j)];
+        });
+      }
+    }
+    // An earlier write to exactly the same registers is superseded.
+    std::erase_if(writes, [&](const AccumulatorWrite& earlier) {
+      return earlier.n == write.n &&
+             std::equal(std::begin(earlier.d), std::end(earlier.d), std::begin(write.d));
+    });
+    writes.push_back(std::move(write));
+  }
+
+  MatrixDescriptor CheckDescriptor(int group, uint64_t serial, const char* which, uint64_t bits) {
+    if ((bits & ~kDescriptorFields) != 0) {
+      Fail(
+          Format("%s: wgmma.mma_async #%llu: the %s descriptor 0x%016llx sets bits outside the "
+                 "ISA's fields (0-13, 16-29, 32-45, 49-51, 62-63)",
+                 WarpgroupName(group).c_str(), static_cast<unsigned long long>(serial), which,
+                 static_cast<unsigned long long>(bits)));
+    }
+    MatrixDescriptor desc = DecodeDescriptor(bits);
+    if (desc.swizzle != 1) {
+      Fail(
+          Format("%s: wgmma.mma_async #%llu: the %s descriptor 0x%016llx has swizzle mode %u (%s), "
+                 "which the emulator does not support: only mode 1 (128-byte swizzle) is "
+                 "emulated",
+                 WarpgroupName(group).c_str(), static_cast<unsigned long long>(serial), which,
+                 static_cast<unsigned long long>(bits), desc.swizzle, SwizzleName(desc.swizzle)));
+    }
+    if (desc.base_offset != 0) {
+      Fail(
+          Format("%s: wgmma.mma_async #%llu: the %s descriptor 0x%016llx has base offset %u, which "
+                 "the emulator does not support: only 0 (swizzle atoms start at 1024-byte "
+                 "boundaries of the shared address) is emulated",
+                 WarpgroupName(group).c_str(), static_cast<unsigned long long>(serial), which,
+                 static_cast<unsigned long long>(bits), desc.base_offset));
+    }
+    return desc;
+  }
+
+  // "A[m][k]" for index m * 16 + k of A's addresses, "B[k][n]" for index n * 16 + k of B's.
+  static std::string OperandElement(bool is_a, size_t index) {
+    int outer = static_cast<int>(index / 16), k = static_cast<int>(index % 16);
+    return is_a ? Format("A[%d][%d]", outer, k) : Format("B[%d][%d]", k, outer);
+  }
+
+  // Reads a wgmma operand's elements from shared memory at issue, checking that every byte is
+  // inside the block's shared memory, not the destination of a cp.async still in flight, and not
+  // written by a cp.async whose thread has not executed fence.proxy.async since.
+  void ReadOperand(int group, uint64_t serial, bool is_a, const std::vector<uint32_t>& addresses,
+                   std::vector<uint16_t>* bits) {
+    bits->resize(addresses.size());
+    for (size_t i = 0; i < addresses.size(); ++i) {
+      const uint32_t address = addresses[i];
+      if (uint64_t{address} + 2 > shared_bytes) {
+        Fail(
+            Format("%s: wgmma.mma_async #%llu: %s at shared address 0x%x is outside the block's "
+                   "%zu bytes of shared memory",
+                   WarpgroupName(group).c_str(), static_cast<unsigned long long>(serial),
+                   OperandElement(is_a, i).c_str(), address, shared_bytes));
+      }
+      const size_t chunk = address / 16;
+      if (chunk < chunk_owner.size() && chunk_owner[chunk] >= 0) {
+        Fail(
+            Format("%s: wgmma.mma_async #%llu: %s at shared address 0x%x is the destination of a "
+                   "cp.async by %s that no cp.async.wait_group has completed yet",
+                   WarpgroupName(group).c_str(), static_cast<unsigned long long>(serial),
+                   OperandElement(is_a, i).c_str(), address, Who(chunk_owner[chunk]).c_str()));
+      }
+      if (chunk < chunk_unfenced.size() && chunk_unfenced[chunk] >= 0) {
+        Fail(
+            Format("%s: wgmma.mma_async #%llu: %s at shared address 0x%x was written by a cp.async "
+                   "of %s that has not executed fence.proxy.async.shared::cta "
+                   "(FenceProxyAsyncShared) since it landed: wgmma reads through the async proxy "
+                   "and sees generic-proxy writes only after such a fence",
+                   WarpgroupName(group).c_str(), static_cast<unsigned long long>(serial),
+                   OperandElement(is_a, i).c_str(), address, Who(chunk_unfenced[chunk]).c_str()));
+      }
+      std::memcpy(&(*bits)[i], shared + address, sizeof(uint16_t));
+    }
+  }
+
+  // At completion: the operand's shared bytes must still hold what they held at issue (wgmma
+  // may read them any time in between).
+  void RecheckOperand(int group, const Wgmma& op, bool is_a, const std::vector<uint32_t>& addresses,
+                      const std::vector<uint16_t>& bits) {
+    for (size_t i = 0; i < addresses.size(); ++i) {
+      const uint32_t address = addresses[i];
+      const size_t chunk = address / 16;
+      uint16_t now;
+      std::memcpy(&now, shared + address, sizeof now);
+      const bool copy_in_flight = chunk < chunk_owner.size() && chunk_owner[chunk] >= 0;
+      if (now != bits[i] || copy_in_flight) {
+        Fail(
+            Format("%s: shared memory read by an in-flight wgmma was modified: %s (shared address "
+                   "0x%x) of wgmma.mma_async #%llu %s between its issue and the "
+                   "wgmma.wait_group that completes it",
+                   WarpgroupName(group).c_str(), OperandElement(is_a, i).c_str(), address,
+                   static_cast<unsigned long long>(op.serial),
+                   copy_in_flight ? Format("became the destination of a cp.async by %s",
+                                           Who(chunk_owner[chunk]).c_str())
+                                        .c_str()
+                                  : Format("changed from 0x%04x to 0x%04x", bits[i], now).c_str()));
+      }
+    }
+  }
+
+  // wgmma.mma_async, once all 128 threads have arrived: checks that they issued the same
+  // instruction, decodes the descriptors, snapshots registers and operands, and appends it to the
+  // warpgroup's uncommitted wgmmas.
+  void IssueWgmma(int group, WarpgroupSlot* slot, bool a_in_registers) {
+    const int base = group * kWarpgroupSize;
+    const uint64_t serial = slot->issued + 1;
+    auto disagree = [&](int i, const char* what, const std::string& first,
+                        const std::string& mine) {
+      Fail(
+          Format("%s: wgmma.mma_async #%llu: threads disagree on %s (thread %d: %s, thread %d: "
+                 "%s): every thread of the warpgroup must issue the same instruction with the "
+                 "same descriptors",
+                 WarpgroupName(group).c_str(), static_cast<unsigned long long>(serial), what, base,
+                 first.c_str(), base + i, mine.c_str()));
+    };
+    auto hex = [](uint64_t v) { return Format("0x%016llx", static_cast<unsigned long long>(v)); };
+    for (int i = 1; i < kWarpgroupSize; ++i) {
+      if (slot->n[i] != slot->n[0]) {
+        disagree(i, "the shape's n", std::to_string(slot->n[0]), std::to_string(slot->n[i]));
+      }
+      if (!a_in_registers && slot->desc_a[i] != slot->desc_a[0]) {
+        disagree(i, "the A descriptor", hex(slot->desc_a[0]), hex(slot->desc_a[i]));
+      }
+      if (slot->desc_b[i] != slot->desc_b[0]) {
+        disagree(i, "the B descriptor", hex(slot->desc_b[0]), hex(slot->desc_b[i]));
+      }
+      if (slot->accumulate[i] != slot->accumulate[0]) {
+        disagree(i, "scale-d (accumulate)", std::to_string(slot->accumulate[0]),
+                 std::to_string(slot->accumulate[i]));
+      }
+      if (slot->trans_b[i] != slot->trans_b[0]) {
+        disagree(i, "imm-trans-b", std::to_string(slot->trans_b[0]),
+                 std::to_string(slot->trans_b[i]));
+      }
+    }
+    const int n = slot->n[0];
+    if (n < 8 || n > 256 || n % 8 != 0) {
+      Fail(
+          Format("%s: wgmma.mma_async #%llu: m64n%dk16 is not a wgmma shape (n must be a multiple "
+                 "of 8 in [8, 256])",
+                 WarpgroupName(group).c_str(), static_cast<unsigned long long>(serial), n));
+    }
+    if (!slot->fenced) {
+      Fail(
+          Format("%s: wgmma.mma_async #%llu is issued before any wgmma.fence (WarpgroupFence) of "
+                 "the warpgroup: the ISA requires one before the first wgmma.mma_async",
+                 WarpgroupName(group).c_str(), static_cast<unsigned long long>(serial)));
+    }
+    Wgmma op;
+    op.serial = serial;
+    op.n = n;
+    op.accumulate = slot->accumulate[0];
+    op.trans_b = slot->trans_b[0];
+    op.a_in_registers = a_in_registers;
+    op.desc_a = a_in_registers ? 0 : slot->desc_a[0];
+    op.desc_b = slot->desc_b[0];
+    const int half = n / 2;
+    op.d_expected.resize(static_cast<size_t>(kWarpgroupSize * half));
+    for (int i = 0; i < kWarpgroupSize; ++i) {
+      if (slot->d[i] == nullptr || (a_in_registers && slot->a[i] == nullptr)) {
+        Fail(Format("%s: wgmma.mma_async #%llu: null %s", Who(base + i).c_str(),
+                    static_cast<unsigned long long>(serial),
+                    slot->d[i] == nullptr ? "accumulator pointer d" : "A register pointer a"));
+      }
+      op.d[i] = slot->d[i];
+      op.a[i] = a_in_registers ? slot->a[i] : nullptr;
+      if (a_in_registers) std::memcpy(op.a_issued[i], slot->a[i], sizeof op.a_issued[i]);
+      std::memcpy(&op.d_expected[static_cast<size_t>(i * half)], slot->d[i],
+                  sizeof(float) * static_cast<size_t>(half));
+    }
+    if (!a_in_registers) {
+      MatrixDescriptor desc = CheckDescriptor(group, serial, "A", op.desc_a);
+      op.a_address.resize(64 * 16);
+      for (int m = 0; m < 64; ++m) {
+        for (int k = 0; k < 16; ++k)
+          op.a_address[static_cast<size_t>(m * 16 + k)] = KMajorAddress(desc, m, k);
+      }
+      ReadOperand(group, serial, true, op.a_address, &op.a_bits);
+    }
+    MatrixDescriptor desc_b = CheckDescriptor(group, serial, "B", op.desc_b);
+    op.b_address.resize(static_cast<size_t>(n * 16));
+    for (int col = 0; col < n; ++col) {
+      for (int k = 0; k < 16; ++k) {
+        op.b_address[static_cast<size_t>(col * 16 + k)] =
+            op.trans_b ? MnMajorAddress(desc_b, col, k) : KMajorAddress(desc_b, col, k);
+      }
+    }
+    ReadOperand(group, serial, false, op.b_address, &op.b_bits);
+    CheckAccumulatorsFenced(group, *slot, op);
+    slot->issued = serial;
+    slot->open.push_back(std::move(op));
+    ++stats.warpgroup_mmas;
+  }
+
+  // The ISA requires a wgmma.fence between a thread's access to a register and a wgmma.mma_async
+  // that accesses it (except accumulator accesses by earlier wgmmas of the same shape). The
+  // emulator sees only writes: accumulators a thread changed after a wgmma wrote them, with no
+  // wgmma.fence since.
+  void CheckAccumulatorsFenced(int group, const WarpgroupSlot& slot, const Wgmma& op) {
+    const int half = op.n / 2;
+    for (const AccumulatorWrite& write : slot.written_since_fence) {
+      const int write_half = write.n / 2;
+      for (int i = 0; i < kWarpgroupSize; ++i) {
+        ForEachShared(op.d[i], half, write.d[i], write_half, [&](int j, int j_write) {
+          uint32_t expected = write.bits[static_cast<size_t>(i * write_half + j_write)];
+          uint32_t now = FloatBits(op.d[i][j]);
+          if (now != expected) {
+            Fail(Format(
+                "%s: wgmma.mma_async #%llu: its accumulator d[%d] was changed by the thread "
+                "(from %g, written by wgmma #%llu, to %g) with no wgmma.fence "
+                "(WarpgroupFence) since: the ISA requires a wgmma.fence between a "
+                "register access and a wgmma.mma_async that accesses the same register",
+                Who(group * kWarpgroupSize + i).c_str(), static_cast<unsigned long long>(op.serial),
+                j, static_cast<double>(BitsFloat(expected)),
+                static_cast<unsigned long long>(write.serial),
+                static_cast<double>(BitsFloat(now))));
+          }
+        });
+      }
+    }
+  }
+
+  // Completes one wgmma: checks that its registers and shared operands are as they were at issue,
+  // computes D = A * B (+ D) and writes each thread's accumulators. Returns what it wrote.
+  std::vector<uint32_t> ExecuteWgmma(int group, const Wgmma& op) {
+    const int base = group * kWarpgroupSize;
+    const int n = op.n, half = n / 2;
+    const unsigned long long serial = op.serial;
+    for (int i = 0; i < kWarpgroupSize; ++i) {
+      for (int j = 0; j < half; ++j) {
+        uint32_t expected = op.d_expected[static_cast<size_t>(i * half + j)];
+        uint32_t now = FloatBits(op.d[i][j]);
+        if (now != expected) {
+          Fail(
+              Format("%s: registers of an in-flight wgmma were modified: accumulator d[%d] of "
+                     "wgmma.mma_async #%llu (m64n%dk16) changed from %g to %g between its issue "
+                     "and the wgmma.wait_group that completes it",
+                     Who(base + i).c_str(), j, serial, n, static_cast<double>(BitsFloat(expected)),
+                     static_cast<double>(BitsFloat(now))));
+        }
+      }
+      if (op.a_in_registers) {
+        for (int r = 0; r < 4; ++r) {
+          if (op.a[i][r] != op.a_issued[i][r]) {
+            Fail(
+                Format("%s: registers of an in-flight wgmma were modified: A register a[%d] of "
+                       "wgmma.mma_async #%llu changed from 0x%08x to 0x%08x between its issue and "
+                       "the wgmma.wait_group that completes it",
+                       Who(base + i).c_str(), r, serial, op.a_issued[i][r], op.a[i][r]));
+          }
+        }
+      }
+    }
+    if (!op.a_in_registers) RecheckOperand(group, op, true, op.a_address, op.a_bits);
+    RecheckOperand(group, op, false, op.b_address, op.b_bits);
+
+    // A (64 x 16) and B (16 x n, [k][n]) as floats (bf16 -> float is exact), C (64 x n).
+    std::vector<float> a(64 * 16), b(static_cast<size_t>(16 * n)),
+        c(static_cast<size_t>(64 * n), 0.0f);
+    if (op.a_in_registers) {
+      // Register r of thread i holds (row 16w + g + 8(r%2), columns 2t + 8(r/2) + {0, 1}).
+      for (int i = 0; i < kWarpgroupSize; ++i) {
+        int w = i / kWarpSize, lane = i % kWarpSize, g = lane / 4, t = lane % 4;
+        for (int r = 0; r < 4; ++r) {
+          int m = 16 * w + g + 8 * (r % 2), k = 2 * t + 8 * (r / 2);
+          a[static_cast<size_t>(m * 16 + k)] =
+              Bf16ToFloat(static_cast<uint16_t>(op.a_issued[i][r] & 0xffff));
+          a[static_cast<size_t>(m * 16 + k + 1)] =
+              Bf16ToFloat(static_cast<uint16_t>(op.a_issued[i][r] >> 16));
+        }
+      }
+    } else {
+      for (size_t index = 0; index < a.size(); ++index) a[index] = Bf16ToFloat(op.a_bits[index]);
+    }
+    for (int col = 0; col < n; ++col) {
+      for (int k = 0; k < 16; ++k) {
+        b[static_cast<size_t>(k * n + col)] =
+            Bf16ToFloat(op.b_bits[static_cast<size_t>(col * 16 + k)]);
+      }
+    }
+    if (op.accumulate) {
+      for (int i = 0; i < kWarpgroupSize; ++i) {
+        for (int j = 0; j < half; ++j) {
+          int row, col;
+          AccumulatorElement(i, j, &row, &col);
+          c[static_cast<size_t>(row * n + col)] = op.d[i][j];
+        }
+      }
+    }
+    if (g_trap_nan) CheckWgmmaNaN(group, op, a, b, c);
+    // Each product is exact in float; the sum runs in float, k = 0 .. 15 in order, like MmaBf16:
+    // D = (((C + p0) + p1) + ... + p15), with C = 0 when scale-d is false (d is not read).
+    std::vector<float> d(static_cast<size_t>(64 * n));
+    for (int m = 0; m < 64; ++m) {
+      for (int col = 0; col < n; ++col) {
+        float sum = c[static_cast<size_t>(m * n + col)];
+        for (int k = 0; k < 16; ++k) {
+          sum += a[static_cast<size_t>(m * 16 + k)] * b[static_cast<size_t>(k * n + col)];
+        }
+        d[static_cast<size_t>(m * n + col)] = sum;
+      }
+    }
+    std::vector<uint32_t> written(static_cast<size_t>(kWarpgroupSize * half));
+    for (int i = 0; i < kWarpgroupSize; ++i) {
+      for (int j = 0; j < half; ++j) {
+        int row, col;
+        AccumulatorElement(i, j, &row, &col);
+        float value = d[static_cast<size_t>(row * n + col)];
+        op.d[i][j] = value;
+        written[static_cast<size_t>(i * half + j)] = FloatBits(value);
+      }
+    }
+    return written;
+  }
+
+  void CheckWgmmaNaN(int group, const Wgmma& op, const std::vector<float>& a,
+                     const std::vector<float>& b, const std::vector<float>& c) {
+    const char* hint =
+        " (read from shared memory nothing wrote, i.e. the 0xFF poison, or NaN data; "
+        "SetTrapNaNInMma(false) turns this check off)";
+    const std::string who = WarpgroupName(group);
+    const unsigned long long serial = op.serial;
+    const int n = op.n;
+    for (int m = 0; m < 64; ++m) {
+      for (int k = 0; k < 16; ++k) {
+        if (!std::isnan(a[static_cast<size_t>(m * 16 + k)])) continue;
+        if (op.a_in_registers) {
+          int lane = (m % 8) * 4 + (k % 8) / 2;
+          int reg = (m % 16 >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+          Fail(Format("%s: wgmma.mma_async #%llu: A[%d][%d] (%s, a[%d] %s half) is NaN%s",
+                      who.c_str(), serial, m, k,
+                      Who(group * kWarpgroupSize + (m / 16) * kWarpSize + lane).c_str(), reg,
+                      k % 2 ? "high" : "low", hint));
+        }
+        Fail(Format("%s: wgmma.mma_async #%llu: A[%d][%d] (shared address 0x%x) is NaN%s",
+                    who.c_str(), serial, m, k, op.a_address[static_cast<size_t>(m * 16 + k)],
+                    hint));
+      }
+    }
+    for (int k = 0; k < 16; ++k) {
+      for (int col = 0; col < n; ++col) {
+        if (std::isnan(b[static_cast<size_t>(k * n + col)])) {
+          Fail(Format("%s: wgmma.mma_async #%llu: B[%d][%d] (shared address 0x%x) is NaN%s",
+                      who.c_str(), serial, k, col, op.b_address[static_cast<size_t>(col * 16 + k)],
+                      hint));
+        }
+      }
+    }
+    if (!op.accumulate) return;
+    for (int i = 0; i < kWarpgroupSize; ++i) {
+      for (int j = 0; j < n / 2; ++j) {
+        int row, col;
+        AccumulatorElement(i, j, &row, &col);
+        if (std::isnan(c[static_cast<size_t>(row * n + col)])) {
+          Fail(Format("%s: wgmma.mma_async #%llu: accumulator D[%d][%d] (%s, d[%d]) is NaN%s",
+                      who.c_str(), serial, row, col, Who(group * kWarpgroupSize + i).c_str(), j,
+                      hint));
+        }
+      }
     }
   }
 
@@ -1333,7 +1872,10 @@ void RunGrid(dim3 grid, int threads_per_block, size_t shared_bytes,
   runtime.threads = threads_per_block;
   if (runtime.fibers.size() < threads) runtime.fibers.resize(threads);
   runtime.warps.assign(threads / kWarpSize, WarpSlot{});
+  runtime.warpgroups.clear();
+  runtime.warpgroups.resize((threads + kWarpgroupSize - 1) / kWarpgroupSize);
   runtime.chunk_owner.assign(shared_bytes / 16, int16_t{-1});
+  runtime.chunk_unfenced.assign(shared_bytes / 16, int16_t{-1});
   runtime.stats = RunStats{};
   runtime.SeedRandom(g_schedule_seed);
   MainStackBounds(&runtime.main_stack, &runtime.main_stack_bytes);
@@ -1499,6 +2041,59 @@ void MmaBf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   warp.mma_b1[lane] = b1;
   warp.mma_d[lane] = d;
   runtime.WarpCollective(WarpOp::kMma, CallSite(nullptr, 0));
+}
+
+// ---- warpgroup_mma.cuh (wgmma); semantics in warp_emulator.h ----
+
+using pdpool::cuda_emulation::WarpgroupOp;
+
+void WarpgroupFence() {
+  pdpool::cuda_emulation::Active("WarpgroupFence").WarpgroupCollective(WarpgroupOp::kFence);
+}
+
+void WarpgroupCommit() {
+  pdpool::cuda_emulation::Active("WarpgroupCommit").WarpgroupCollective(WarpgroupOp::kCommit);
+}
+
+void WarpgroupWait(int pending) {
+  auto& runtime = pdpool::cuda_emulation::Active("WarpgroupWait");
+  int tid = runtime.current;
+  auto& group = runtime.warpgroups[static_cast<size_t>(tid / 128)];
+  group.pending[tid % 128] = pending;
+  runtime.WarpgroupCollective(WarpgroupOp::kWait);
+}
+
+void FenceProxyAsyncShared() {
+  pdpool::cuda_emulation::Active("FenceProxyAsyncShared").FenceProxyAsyncShared();
+}
+
+namespace {
+void IssueWarpgroupMma(WarpgroupOp op, const char* what, float* d, int n, const uint32_t* a,
+                       uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_b) {
+  auto& runtime = pdpool::cuda_emulation::Active(what);
+  int tid = runtime.current;
+  auto& group = runtime.warpgroups[static_cast<size_t>(tid / 128)];
+  int i = tid % 128;
+  group.d[i] = d;
+  group.n[i] = n;
+  group.a[i] = a;
+  group.desc_a[i] = desc_a;
+  group.desc_b[i] = desc_b;
+  group.accumulate[i] = accumulate;
+  group.trans_b[i] = trans_b;
+  runtime.WarpgroupCollective(op);
+}
+}  // namespace
+
+void WarpgroupMmaSS(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool accumulate,
+                    bool trans_b) {
+  IssueWarpgroupMma(WarpgroupOp::kMmaSS, "WarpgroupMmaSS", d, n, nullptr, desc_a, desc_b,
+                    accumulate, trans_b);
+}
+
+void WarpgroupMmaRS(float* d, int n, const uint32_t* a, uint64_t desc_b, bool accumulate,
+                    bool trans_b) {
+  IssueWarpgroupMma(WarpgroupOp::kMmaRS, "WarpgroupMmaRS", d, n, a, 0, desc_b, accumulate, trans_b);
 }
 
 }  // namespace pdpool::agent::cuda::emulation

@@ -24,8 +24,17 @@
 //    range (RegisterGlobal); a second copy into 16 bytes that an earlier copy has not yet landed
 //    in; an ldmatrix that reads bytes a copy has not yet landed in; copies never waited for when
 //    the thread returns.
-//  - mma inputs (A, B or C) that are NaN (normally: read from poisoned shared memory); see
-//    SetTrapNaNInMma.
+//  - mma and wgmma inputs (A, B or C) that are NaN (normally: read from poisoned shared memory);
+//    see SetTrapNaNInMma.
+//  - wgmma (warpgroup_mma.cuh): the 128 threads of a warpgroup not all at the same warpgroup
+//    instruction, or disagreeing on its operands (n, descriptors, scale-d, imm-trans-b, the wait
+//    count); a warpgroup the block does not complete; a descriptor the emulator does not support;
+//    operands outside shared memory, still in flight from a cp.async, or landed from a cp.async
+//    whose thread has not executed fence.proxy.async since; a thread changing the accumulators or A
+//    registers, or the shared operands changing, between a wgmma's issue and its completion
+//    ("registers of an in-flight wgmma were modified"); a wgmma before any wgmma.fence, or on
+//    accumulators the thread changed since a wgmma wrote them with no wgmma.fence in between; a
+//    thread returning while wgmmas of its warpgroup are pending (uncommitted or not waited for).
 //  - any exception thrown by the kernel body in any thread.
 //
 // Semantics implemented (from NVIDIA's PTX ISA, restated)
@@ -69,6 +78,54 @@
 // on such bytes is reported as an error. Completion is per thread: other threads must still be
 // ordered with __syncthreads (which the emulator cannot check; see SetScheduleSeed).
 //
+// wgmma (warpgroup_mma.cuh: WarpgroupFence, WarpgroupCommit, WarpgroupWait, WarpgroupMmaSS/RS,
+// FenceProxyAsyncShared), from the PTX ISA 9.7.15. A warpgroup is the 128 threads of warps
+// 4i .. 4i+3 (threads 128i .. 128i+127); w below is the warp within it (0..3).
+//   wgmma.mma_async.sync.aligned.m64nNk16.f32.bf16.bf16 (N a multiple of 8 up to 256):
+//   D (64xN) = A (64x16) * B (16xN) + D, or A * B when scale-d (accumulate) is false (D then
+//   is not read). Thread i of the warpgroup holds:
+//     A in registers (RS), four registers of two bf16: as mma.m16n8k16's A for rows 16w .. 16w+15:
+//       a[0] = A[16w+g][2t, 2t+1]     a[1] = A[16w+g+8][2t, 2t+1]
+//       a[2] = A[16w+g][2t+8, 2t+9]   a[3] = A[16w+g+8][2t+8, 2t+9]
+//     D, N/2 floats: d[4q + 2h + c] = D[16w + g + 8h][8q + 2t + c], q < N/8, h, c in {0, 1}.
+//   Shared operands are described by a 64-bit matrix descriptor: bits 0-13 start address >> 4,
+//   16-29 leading dimension byte offset (LBO) >> 4, 32-45 stride dimension byte offset (SBO) >> 4,
+//   49-51 base offset, 62-63 swizzle mode (0 none, 1 128-byte, 2 64-byte, 3 32-byte). Addresses
+//   are SharedAddress values. Only the 128-byte swizzle with base offset 0 is emulated (anything
+//   else is reported); the descriptor's other bits must be 0. A is always K-major; B is K-major
+//   (B[k][n] stored as row n) or, with imm-trans-b (trans_b), N-major. With T = 8 bf16 (16
+//   bytes), the ISA's canonical layouts (CuTe notation, strides in elements) give element (mn, k)
+//   of the k16 slice at the descriptor's start address (mn: row of A or column of B) the byte
+//   address, before the swizzle,
+//     K-major  ((8,m),(T,2k)):((8T,SBO),(1,T)):
+//       start + (mn%8)*128 + (mn/8)*SBO + (k/8)*16 + (k%8)*2          (LBO unused)
+//     MN-major ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)):
+//       start + (mn%8)*2 + ((mn/8)%8)*16 + (mn/64)*LBO + (k%8)*128 + (k/8)*SBO
+//   and the 128-byte swizzle (Swizzle<3,4,3> on the byte address) XORs address bits 4-6 (the
+//   16-byte chunk) with bits 7-9 (the 128-byte row within a 1024-byte atom). So a K-major tile is
+//   rows of 64 elements (128 bytes), 8-row groups SBO apart, and the next k16 slice starts 32 bytes
+//   further; an N-major B is rows of 64 n (one k each), 8-k groups SBO apart, the next 64 n LBO
+//   further. The shared buffer and shared address 0 are 1024-byte aligned, so base offset 0 means
+//   what it does on the GPU.
+//   Numerics as MmaBf16: exact bf16 products, summed in float in k order onto C (or 0).
+//   Asynchrony, as cp.async: a wgmma.mma_async joins its warpgroup's uncommitted wgmmas;
+//   wgmma.commit_group (WarpgroupCommit) closes them into a wgmma-group (possibly empty);
+//   wgmma.wait_group N (WarpgroupWait) completes every committed group but the newest N, oldest
+//   first, each group's wgmmas in issue order; uncommitted wgmmas are not waited for. Only at
+//   completion does the emulator compute and write d, so a kernel that reads d early sees stale
+//   values. At issue it snapshots d, the A registers and the shared operands; at completion each
+//   must be unchanged (except accumulators written by an earlier wgmma of the warpgroup: those
+//   the ISA orders). wgmma.fence (WarpgroupFence) has no effect on the emulation; the emulator
+//   checks only that one precedes the warpgroup's first wgmma and that no accumulator a thread
+//   changed after a wgmma wrote it is passed to a wgmma before the next wgmma.fence (reads of
+//   registers, and changes to A registers, are not tracked). fence.proxy.async.shared::cta
+//   (FenceProxyAsyncShared) is per thread: wgmma may not read shared bytes that a thread's
+//   cp.async landed in (at its wait_group) until that thread has executed it; st.shared writes
+//   are not tracked, nor whether a __syncthreads published the fence to the issuing warpgroup.
+//   All warpgroup instructions but fence.proxy.async are collectives of the whole warpgroup
+//   (stricter than .sync, which synchronises a warp; .aligned requires all 128 threads anyway).
+//   The kernel must keep d and the A registers alive (the same memory) until completion.
+//
 // Shuffles follow the CUDA programming guide: with width w (a power of two <= 32) the warp is split
 // into segments of w lanes; __shfl_sync reads lane (segment start + srcLane % w); __shfl_up_sync
 // reads lane - delta unless that falls before the segment (then the caller's own value);
@@ -79,7 +136,8 @@
 // --------------------------------
 //  - There is no __shared__ storage under g++: kernel bodies take their (dynamic) shared memory as
 //    an `unsigned char*` argument and RunGrid passes each block's buffer. Shared addresses
-//    (SharedAddress) are byte offsets into that buffer, which is 128-byte aligned.
+//    (SharedAddress) are byte offsets into that buffer, which is 1024-byte aligned (the 128-byte
+//    swizzle's atom), so a pointer and its shared address agree modulo 1024.
 //  - blockDim is (threads_per_block, 1, 1); threadIdx.y/z and blockDim.y/z are 0/1.
 //  - Each thread runs on its own fiber stack (256 KiB by default, SetFiberStackBytes); a 64 KiB
 //    inaccessible guard region below it turns an overflow into a segfault rather than silent
@@ -94,7 +152,9 @@
 //  - Not emulated (a kernel using them does not compile): partial-warp masks, __activemask,
 //    __match_*_sync, __reduce_*_sync, atomics other than atomicMax on int, __ldg, cooperative
 //    groups, other mma shapes and types, ldmatrix .x1/.x2, stmatrix, cp.async sizes other than
-//    16 and .ca, TMA/wgmma.
+//    16 and .ca, TMA and mbarriers, setmaxnreg, wgmma other than m64nNk16 bf16 -> f32 with A
+//    K-major and no negation or sparsity (descriptors with other swizzle modes or a non-zero base
+//    offset do compile, and are refused at run time).
 #pragma once
 
 #include <math.h>
@@ -145,8 +205,9 @@ struct RunStats {
   uint64_t blocks = 0;
   uint64_t context_switches = 0;
   uint64_t barriers = 0;     // completed __syncthreads
-  uint64_t collectives = 0;  // completed warp collectives
+  uint64_t collectives = 0;  // completed warp and warpgroup collectives
   uint64_t async_copies = 0;
+  uint64_t warpgroup_mmas = 0;  // issued wgmma.mma_async
 };
 RunStats LastRunStats();
 
@@ -184,8 +245,10 @@ unsigned Vote(WarpOp op, unsigned mask, int predicate, const CallSite& where);
 }  // namespace pdpool::cuda_emulation
 
 // The device primitives (SharedAddress, CopyAsync16, CommitAsyncCopies, WaitAsyncCopies,
-// LoadMatrixX4, MmaBf16 in pdpool::agent::cuda::emulation) are declared by warp_mma.cuh, which
-// calls them under PDPOOL_CUDA_EMULATION; warp_emulator.cc defines them.
+// LoadMatrixX4, MmaBf16 in pdpool::agent::cuda::emulation) are declared by warp_mma.cuh, and
+// the wgmma ones (WarpgroupFence, WarpgroupCommit, WarpgroupWait, FenceProxyAsyncShared,
+// WarpgroupMmaSS, WarpgroupMmaRS) by warpgroup_mma.cuh (include it after this header), which call
+// them under PDPOOL_CUDA_EMULATION; warp_emulator.cc defines them.
 
 // ---- CUDA built-ins, in the global namespace as nvcc provides them ----------------------------
 

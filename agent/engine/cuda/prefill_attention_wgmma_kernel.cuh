@@ -41,6 +41,8 @@ struct WgmmaPrefillSmem {
   static constexpr uint32_t V(int stage) { return kTile * (2 + 2 * stage); }
   static constexpr size_t kBytes = 5 * size_t{kTile} + 1024;
 };
+static_assert(WgmmaPrefillSmem<64>::kTile % 1024 == 0 && WgmmaPrefillSmem<128>::kTile % 1024 == 0,
+              "every tile starts a 1024-byte swizzle pattern");
 
 // Byte offset, inside a swizzled tile, of the 16-byte chunk `chunk` (8 bf16) of row `row`.
 template <int HD>
@@ -136,17 +138,20 @@ __device__ __forceinline__ void WgmmaPrefillAttentionBlock(
 
     // S = Q·Kᵀ: K-major A and B, 16 dims (32 bytes of a swizzled row) per step.
     float s[kWgmmaPrefillKeys / 8][4];
+    auto& s_flat = reinterpret_cast<float(&)[kWgmmaPrefillKeys / 2]>(s);
+    auto& o_flat = reinterpret_cast<float(&)[HD / 2]>(o);
+    WarpgroupFenceOperands(s_flat);
     WarpgroupFence();
 #pragma unroll
     for (int k16 = 0; k16 < HD / 16; ++k16) {
       const uint32_t step = static_cast<uint32_t>(k16 / 4) * L::kRegion + (k16 % 4) * 32u;
-      WarpgroupMmaSS64<false>(reinterpret_cast<float(&)[kWgmmaPrefillKeys / 2]>(s),
-                              Swizzle128Descriptor(base + L::kQ + step, 16, 1024),
+      WarpgroupMmaSS64<false>(s_flat, Swizzle128Descriptor(base + L::kQ + step, 16, 1024),
                               Swizzle128Descriptor(base + L::K(stage) + step, 16, 1024),
                               k16 > 0);
     }
     WarpgroupCommit();
     WarpgroupWait<0>();
+    WarpgroupFenceOperands(s_flat);
 
     // Scale into log2 units and mask keys past each row's position.
     const int key0 = kt * kWgmmaPrefillKeys;
@@ -173,19 +178,22 @@ __device__ __forceinline__ void WgmmaPrefillAttentionBlock(
       p[k16][2] = PackBf16x2(s[2 * k16 + 1][0], s[2 * k16 + 1][1]);
       p[k16][3] = PackBf16x2(s[2 * k16 + 1][2], s[2 * k16 + 1][3]);
     }
+    WarpgroupFenceOperands(o_flat);
+    WarpgroupFenceOperands(reinterpret_cast<uint32_t(&)[kWgmmaPrefillKeys / 4]>(p));
     WarpgroupFence();
 #pragma unroll
     for (int k16 = 0; k16 < kWgmmaPrefillKeys / 16; ++k16) {
       const uint64_t v_desc =
           Swizzle128Descriptor(base + L::V(stage) + k16 * 2048u, L::kRegion, 1024);
       if constexpr (HD == 128) {
-        WarpgroupMmaRS128<true>(reinterpret_cast<float(&)[HD / 2]>(o), p[k16], v_desc, true);
+        WarpgroupMmaRS128<true>(o_flat, p[k16], v_desc, true);
       } else {
-        WarpgroupMmaRS64<true>(reinterpret_cast<float(&)[HD / 2]>(o), p[k16], v_desc, true);
+        WarpgroupMmaRS64<true>(o_flat, p[k16], v_desc, true);
       }
     }
     WarpgroupCommit();
     WarpgroupWait<0>();
+    WarpgroupFenceOperands(o_flat);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
 

@@ -89,6 +89,28 @@ __device__ __forceinline__ void FenceProxyAsyncShared() {
 #endif
 }
 
+// Keeps the compiler from moving reads or writes of these registers across the wgmma
+// instructions that use them asynchronously (the fence/commit/wait asm statements do not name
+// them): an empty asm statement that "modifies" each one. No instruction is emitted.
+template <int N>
+__device__ __forceinline__ void WarpgroupFenceOperands(float (&r)[N]) {
+#if !defined(PDPOOL_CUDA_EMULATION)
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+#else
+  (void)r;
+#endif
+}
+template <int N>
+__device__ __forceinline__ void WarpgroupFenceOperands(uint32_t (&r)[N]) {
+#if !defined(PDPOOL_CUDA_EMULATION)
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+#else
+  (void)r;
+#endif
+}
+
 // d (+)= A · B for m64nNk16, bf16 inputs, fp32 accumulators: A from shared memory (K-major) or
 // registers, B from shared memory (K-major, or N-major with kTransB). accumulate = false
 // overwrites d.
