@@ -111,13 +111,15 @@ std::vector<bf16> RunDecode(const PagedCase& c, int splits) {
   return out;
 }
 
-// Tile edges (63, 64, 65 rows), three tiles, and chunks with earlier context cached; and the
-// 64-row query tiles of every sequence.
-PagedCase PrefillCase(std::mt19937_64& rng, int head_dim, int group, std::vector<int2>* tiles) {
+// Tile edges (63, 64, 65, 127, 128, 129 rows), three tiles, and chunks with earlier context
+// cached; and the query tiles of `tile_rows` rows of every sequence.
+PagedCase PrefillCase(std::mt19937_64& rng, int head_dim, int group, int tile_rows,
+                      std::vector<int2>* tiles) {
   PagedCase c = MakeCase(rng, head_dim, 1, group,
-                         {{0, 63}, {0, 64}, {0, 65}, {0, 150}, {100, 50}, {31, 2}, {77, 1}});
+                         {{0, 63}, {0, 64}, {0, 65}, {0, 129}, {0, 150}, {100, 50}, {20, 128},
+                          {31, 2}, {77, 1}});
   for (size_t i = 0; i < c.meta.size(); ++i) {
-    for (int t0 = 0; t0 < c.meta[i].num_new; t0 += kPrefillTileRows) {
+    for (int t0 = 0; t0 < c.meta[i].num_new; t0 += tile_rows) {
       tiles->push_back({static_cast<int>(i), t0});
     }
   }
@@ -131,7 +133,7 @@ TEST_P(EmulatedAttentionTest, PrefillMatchesFloat64Reference) {
   std::mt19937_64 rng(seed);
   SetScheduleSeed(seed | 1);
   std::vector<int2> tiles;
-  const PagedCase c = PrefillCase(rng, head_dim, group, &tiles);
+  const PagedCase c = PrefillCase(rng, head_dim, group, kPrefillTileRows, &tiles);
   const std::vector<bf16> out =
       head_dim == 128 ? RunPrefill<128>(c, tiles) : RunPrefill<64>(c, tiles);
   EXPECT_LE(RelativeError(ToFloat(out), Reference(c)), 1e-2);
@@ -144,7 +146,7 @@ TEST_P(EmulatedAttentionTest, WgmmaPrefillMatchesFloat64Reference) {
   std::mt19937_64 rng(seed);
   SetScheduleSeed(seed | 1);
   std::vector<int2> tiles;
-  const PagedCase c = PrefillCase(rng, head_dim, group, &tiles);
+  const PagedCase c = PrefillCase(rng, head_dim, group, kWgmmaPrefillTileRows, &tiles);
   const std::vector<bf16> out =
       head_dim == 128 ? RunWgmmaPrefill<128>(c, tiles) : RunWgmmaPrefill<64>(c, tiles);
   EXPECT_LE(RelativeError(ToFloat(out), Reference(c)), 1e-2);

@@ -126,21 +126,13 @@ TEST_P(AttentionKernelTest, PrefillMatchesFloat64Reference) {
   PagedCase c = MakeCase(rng, head_dim, 2, group,
                          {{0, 63}, {0, 64}, {0, 65}, {0, 333}, {100, 50}, {517, 130}, {31, 2}});
   const std::vector<float> ref = Reference(c);
-  std::vector<int2> tiles;
-  for (size_t i = 0; i < c.meta.size(); ++i) {
-    for (int t0 = 0; t0 < c.meta[i].num_new; t0 += kPrefillTileRows) {
-      tiles.push_back({static_cast<int>(i), t0});
-    }
-  }
   Device<bf16> cache(c.cache.size()), q(c.q.size()), out(c.q.size());
   Device<SeqMeta> meta(c.meta.size());
   Device<int32_t> tables(c.tables.size());
-  Device<int2> tile_list(tiles.size());
   cache.Upload(c.cache);
   q.Upload(c.q);
   meta.Upload(c.meta);
   tables.Upload(c.tables);
-  tile_list.Upload(tiles);
   // The mma.sync kernel everywhere; the wgmma one where it runs (compute capability 9.0).
   int device = 0, major = 0, minor = 0;
   ASSERT_CUDA(cudaGetDevice(&device));
@@ -149,6 +141,16 @@ TEST_P(AttentionKernelTest, PrefillMatchesFloat64Reference) {
   for (const bool wgmma : {false, true}) {
     if (wgmma && !WgmmaPrefillAttentionSupported(major, minor)) continue;
     SCOPED_TRACE(wgmma ? "wgmma kernel" : "mma.sync kernel");
+    // Each kernel's query tiles: 64 rows (mma.sync) or 128 (wgmma).
+    const int tile_rows = wgmma ? kWgmmaPrefillTileRows : kPrefillTileRows;
+    std::vector<int2> tiles;
+    for (size_t i = 0; i < c.meta.size(); ++i) {
+      for (int t0 = 0; t0 < c.meta[i].num_new; t0 += tile_rows) {
+        tiles.push_back({static_cast<int>(i), t0});
+      }
+    }
+    Device<int2> tile_list(tiles.size());
+    tile_list.Upload(tiles);
     out.Poison();
     const Status launched =
         (wgmma ? LaunchPrefillAttentionWgmma : LaunchPrefillAttention)(

@@ -163,6 +163,7 @@ class CudaBackend final : public Backend {
                                      std::to_string(prop.minor) + " (use mma or auto)");
     }
     wgmma_prefill_ = options_.prefill_attention != PrefillAttention::kMma && wgmma_runs;
+    prefill_tile_rows_ = wgmma_prefill_ ? cuda::kWgmmaPrefillTileRows : cuda::kPrefillTileRows;
     device_name_ = prop.name;
     region_.device = options_.device;
     region_.device_uuid = cuda::GpuUuidString(prop.uuid);
@@ -433,7 +434,7 @@ class CudaBackend final : public Backend {
     const int64_t max_blocks_per_seq =
         (max_model_len_ + options_.block_size - 1) / options_.block_size;
     block_table_capacity_ = s * max_blocks_per_seq + 1;
-    tile_capacity_ = n / cuda::kPrefillTileRows + s;
+    tile_capacity_ = n / prefill_tile_rows_ + s;
     size_t at = 0;
     auto reserve = [&](size_t bytes) {
       const size_t offset = at;
@@ -568,7 +569,7 @@ class CudaBackend final : public Backend {
       if (n == 1) {
         decode[plan.num_decode++] = i;
       } else {
-        for (int t0 = 0; t0 < n; t0 += cuda::kPrefillTileRows) tiles[plan.num_tiles++] = {i, t0};
+        for (int t0 = 0; t0 < n; t0 += prefill_tile_rows_) tiles[plan.num_tiles++] = {i, t0};
       }
       // A graph samples every row (its shape is fixed at capture); a row the batch did not ask
       // for is sampled greedily and dropped (sample_sequence -1).
@@ -861,6 +862,7 @@ class CudaBackend final : public Backend {
   int num_sms_ = 0;
   int decode_blocks_per_sm_ = 1;  // the decode attention kernel's occupancy
   bool wgmma_prefill_ = false;    // prefill attention on the sm_90a wgmma kernel
+  int prefill_tile_rows_ = cuda::kPrefillTileRows;  // query rows per prefill attention tile
   int max_model_len_ = 0;
   cudaStream_t stream_ = nullptr;
   const cuda::CublasApi* blas_ = nullptr;  // loaded at run time (cuda_libraries.h)

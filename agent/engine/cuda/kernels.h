@@ -92,8 +92,10 @@ Status LaunchPrefillAttention(const bf16* q, const SeqMeta* meta, const int2* ti
                               const int32_t* block_tables, const bf16* layer_cache,
                               const KvCacheGeometry& geometry, int num_heads, bf16* out,
                               cudaStream_t stream);
-// The same on Hopper's warpgroup MMA (prefill_attention_sm90a.cu), same arguments and results;
-// built for sm_90a, so it runs only where WgmmaPrefillAttentionSupported(compute capability).
+// The same on Hopper's warpgroup MMA (prefill_attention_sm90a.cu), same arguments and results
+// but query tiles of kWgmmaPrefillTileRows rows; built for sm_90a, so it runs only where
+// WgmmaPrefillAttentionSupported(compute capability).
+constexpr int kWgmmaPrefillTileRows = 128;
 bool WgmmaPrefillAttentionSupported(int major, int minor);
 Status LaunchPrefillAttentionWgmma(const bf16* q, const SeqMeta* meta, const int2* tiles,
                                    int num_tiles, const int32_t* block_tables,

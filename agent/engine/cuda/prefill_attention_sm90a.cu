@@ -16,7 +16,7 @@ namespace pdpool::agent::cuda {
 namespace {
 
 template <int HD>
-__global__ void __launch_bounds__(kWgmmaPrefillThreads)
+__global__ void __launch_bounds__(kWgmmaPrefillThreads, 2)
     WgmmaPrefillAttentionKernel(const bf16* __restrict__ q, const SeqMeta* __restrict__ meta,
                                 const int2* __restrict__ tiles, int num_tiles,
                                 const int32_t* __restrict__ block_tables,

@@ -1,16 +1,18 @@
 // The body of the causal prefill attention kernel for Hopper (prefill_attention_sm90a.cu), on
 // warpgroup MMA (wgmma, warpgroup_mma.cuh). Same work split and results as the mma.sync kernel
-// (prefill_attention_kernel.cuh): a block takes 64 query rows of one sequence and one query head,
-// walks the keys in 64-token tiles up to its last row's position with an online softmax, and
-// nothing of size T×T exists. What differs is where the operands live:
+// (prefill_attention_kernel.cuh): a block takes a tile of query rows of one sequence and one query
+// head, walks the keys in 64-token tiles up to its last row's position with an online softmax,
+// and nothing of size T×T exists. What differs is where the operands live, and the tile size:
 //   S = Q·Kᵀ is one m64n64k16 wgmma per 16 dims, A (Q) and B (K) read by the tensor cores
 //     straight from 128-byte-swizzled shared memory, so no warp loads K into registers;
 //   O += P·V is one m64nHDk16 wgmma per 16 keys, P from the score registers (the accumulator
 //     layout is the A fragment layout) and V from shared memory as an N-major B.
-// The block is one warpgroup (4 warps, 128 threads); its 64 rows are the MMA's M, warp w holding
-// rows 16w … 16w+15 exactly as in the mma.sync kernel, so the softmax and the per-lane bookkeeping
-// are attention_tile.cuh's. K/V tiles are double-buffered with cp.async. A header so that tests
-// can also run it on the host under tests/cuda_emulation; device code only.
+// The block is two warpgroups (8 warps, 256 threads) and 128 query rows (kWgmmaPrefillTileRows),
+// so each K/V tile it copies serves twice the rows of the mma.sync kernel's 64: half the L2
+// traffic per FLOP. Warpgroup i owns rows 64i … 64i+63 as its MMAs' M, its warp w rows
+// 64i + 16w … +15, exactly the mma.sync kernel's per-warp rows, so the softmax and the per-lane
+// bookkeeping are attention_tile.cuh's. K/V tiles are double-buffered with cp.async. A header
+// so that tests can also run it on the host under tests/cuda_emulation; device code only.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,21 +27,22 @@
 
 namespace pdpool::agent::cuda {
 
-constexpr int kWgmmaPrefillKeys = 64;     // keys per tile: the N of S = Q·Kᵀ
-constexpr int kWgmmaPrefillThreads = 128;  // one warpgroup: the 64 rows of a query tile
-static_assert(kPrefillTileRows == 64, "a query tile is the M = 64 of one wgmma");
+constexpr int kWgmmaPrefillKeys = 64;  // keys per tile: the N of S = Q·Kᵀ
+constexpr int kWgmmaPrefillThreads = kWgmmaPrefillTileRows / 64 * 128;  // a warpgroup per 64 rows
 
 // Shared memory of one block, every tile 128-byte swizzled: a tile of 64 rows × HD is HD / 64
-// regions of 64 rows × 128 bytes (64 bf16 per row), each 8 KB and 1024-byte aligned. Q, then
-// two stages of (K, V). kBytes includes 1 KB of slack to align the base to 1024 bytes.
+// regions of 64 rows × 128 bytes (64 bf16 per row), each 8 KB and 1024-byte aligned. One Q tile
+// per warpgroup, then two stages of (K, V). kBytes includes 1 KB of slack to align the base to
+// 1024 bytes.
 template <int HD>
 struct WgmmaPrefillSmem {
+  static constexpr int kGroups = kWgmmaPrefillTileRows / 64;
   static constexpr uint32_t kRegion = 64 * 128;  // bytes: 64 rows × 64 bf16
   static constexpr uint32_t kTile = HD / 64 * kRegion;
-  static constexpr uint32_t kQ = 0;
-  static constexpr uint32_t K(int stage) { return kTile * (1 + 2 * stage); }
-  static constexpr uint32_t V(int stage) { return kTile * (2 + 2 * stage); }
-  static constexpr size_t kBytes = 5 * size_t{kTile} + 1024;
+  static constexpr uint32_t Q(int group) { return kTile * group; }
+  static constexpr uint32_t K(int stage) { return kTile * (kGroups + 2 * stage); }
+  static constexpr uint32_t V(int stage) { return kTile * (kGroups + 1 + 2 * stage); }
+  static constexpr size_t kBytes = (kGroups + 4) * size_t{kTile} + 1024;
 };
 static_assert(WgmmaPrefillSmem<64>::kTile % 1024 == 0 && WgmmaPrefillSmem<128>::kTile % 1024 == 0,
               "every tile starts a 1024-byte swizzle pattern");
@@ -94,23 +97,24 @@ __device__ __forceinline__ void WgmmaPrefillAttentionBlock(
   const int2 tile = tiles[num_tiles - 1 - blockIdx.y];
   const SeqMeta m = meta[tile.x];
   const int kv_head = head / (num_heads / g.num_kv_heads);
-  const int rows = min(kPrefillTileRows, m.num_new - tile.y);  // valid query rows
+  const int rows = min(kWgmmaPrefillTileRows, m.num_new - tile.y);  // valid query rows
   const int first_pos = m.context_len - m.num_new + tile.y;    // position of row 0
   const int key_end = first_pos + rows;                        // keys [0, key_end) are visible
   const int num_key_tiles = (key_end + kWgmmaPrefillKeys - 1) / kWgmmaPrefillKeys;
   const int32_t* table = block_tables + m.block_table_offset;
+  const int group = threadIdx.x / 128;  // this thread's warpgroup
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g8 = lane / 4, t4 = lane % 4;
-  const int warp_row0 = warp * 16;
+  const int warp_row0 = warp * 16;  // = 64 · group + 16 · (warp within the warpgroup)
   const int pos[2] = {first_pos + warp_row0 + g8, first_pos + warp_row0 + g8 + 8};
 
-  // Stage 0: the Q tile (rows past the tile's end are zeros) and the first K/V tile.
-  for (int e = threadIdx.x; e < kPrefillTileRows * kChunks; e += kWgmmaPrefillThreads) {
+  // Stage 0: the Q tiles (rows past the tile's end are zeros) and the first K/V tile.
+  for (int e = threadIdx.x; e < kWgmmaPrefillTileRows * kChunks; e += kWgmmaPrefillThreads) {
     const int r = e / kChunks, c = e % kChunks;
     const bool valid = r < rows;
     const bf16* src =
         valid ? q + (int64_t{m.q_start + tile.y + r} * num_heads + head) * HD + c * 8 : q;
-    CopyAsync16(base + L::kQ + SwizzledTileOffset<HD>(r, c), src, valid);
+    CopyAsync16(base + L::Q(r / 64) + SwizzledTileOffset<HD>(r % 64, c), src, valid);
   }
   CopyPagedKvTileSwizzled<HD>(layer_cache, table, g, kv_head, 0, key_end, base + L::K(0),
                               base + L::V(0));
@@ -145,7 +149,7 @@ __device__ __forceinline__ void WgmmaPrefillAttentionBlock(
 #pragma unroll
     for (int k16 = 0; k16 < HD / 16; ++k16) {
       const uint32_t step = static_cast<uint32_t>(k16 / 4) * L::kRegion + (k16 % 4) * 32u;
-      WarpgroupMmaSS64<false>(s_flat, Swizzle128Descriptor(base + L::kQ + step, 16, 1024),
+      WarpgroupMmaSS64<false>(s_flat, Swizzle128Descriptor(base + L::Q(group) + step, 16, 1024),
                               Swizzle128Descriptor(base + L::K(stage) + step, 16, 1024),
                               k16 > 0);
     }
