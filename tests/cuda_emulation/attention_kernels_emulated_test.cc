@@ -54,36 +54,32 @@ class EmulatedAttentionTest : public ::testing::TestWithParam<std::tuple<int, in
   }
 };
 
-template <int HD>
-std::vector<bf16> RunPrefill(const PagedCase& c, const std::vector<int2>& tiles) {
+// Runs a prefill kernel body (`block`, called as PrefillAttentionBlock is) over the tiles.
+template <typename Block>
+std::vector<bf16> RunPrefillKernel(const PagedCase& c, const std::vector<int2>& tiles,
+                                   int threads, size_t shared_bytes, int head_dim, Block block) {
   std::vector<bf16> out(c.q.size());
   Poison(out);
   Register(c.cache);
   Register(c.q);
   const int num_tiles = static_cast<int>(tiles.size());
-  RunGrid(dim3(c.num_heads, num_tiles), kPrefillThreads, PrefillSmem<HD>::kBytes,
-          [&](unsigned char* smem) {
-            PrefillAttentionBlock<HD>(c.q.data(), c.meta.data(), tiles.data(), num_tiles,
-                                      c.tables.data(), c.cache.data(), c.g, c.num_heads,
-                                      AttentionScaleLog2(HD), out.data(), smem);
-          });
+  RunGrid(dim3(c.num_heads, num_tiles), threads, shared_bytes, [&](unsigned char* smem) {
+    block(c.q.data(), c.meta.data(), tiles.data(), num_tiles, c.tables.data(), c.cache.data(), c.g,
+          c.num_heads, AttentionScaleLog2(head_dim), out.data(), smem);
+  });
   return out;
 }
 
 template <int HD>
+std::vector<bf16> RunPrefill(const PagedCase& c, const std::vector<int2>& tiles) {
+  return RunPrefillKernel(c, tiles, kPrefillThreads, PrefillSmem<HD>::kBytes, HD,
+                          PrefillAttentionBlock<HD>);
+}
+
+template <int HD>
 std::vector<bf16> RunWgmmaPrefill(const PagedCase& c, const std::vector<int2>& tiles) {
-  std::vector<bf16> out(c.q.size());
-  Poison(out);
-  Register(c.cache);
-  Register(c.q);
-  const int num_tiles = static_cast<int>(tiles.size());
-  RunGrid(dim3(c.num_heads, num_tiles), kWgmmaPrefillThreads, WgmmaPrefillSmem<HD>::kBytes,
-          [&](unsigned char* smem) {
-            WgmmaPrefillAttentionBlock<HD>(c.q.data(), c.meta.data(), tiles.data(), num_tiles,
-                                           c.tables.data(), c.cache.data(), c.g, c.num_heads,
-                                           AttentionScaleLog2(HD), out.data(), smem);
-          });
-  return out;
+  return RunPrefillKernel(c, tiles, kWgmmaPrefillThreads, WgmmaPrefillSmem<HD>::kBytes, HD,
+                          WgmmaPrefillAttentionBlock<HD>);
 }
 
 template <int HD>

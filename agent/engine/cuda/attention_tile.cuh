@@ -4,8 +4,10 @@
 //   CopyPagedKvTile    cp.async of a tile's K and V rows from the paged cache to shared memory
 //   LoadQueryFragments the warp's 16 query rows as A fragments, kept in registers
 //   ScoreTile          S = Q·Kᵀ into 16×8 accumulators
+//   ScaleAndMaskScores S into log2 units, causal mask
 //   OnlineSoftmax      running max and sum per row, S → P in place, the output rescaled
 //   AccumulateValues   O += P·V, P's accumulators reused as A fragments
+//   StoreAttentionRows O / sum, the tile's output rows
 // A lane holds rows g = lane / 4 and g + 8 of the 16; the four lanes of a quad share a row.
 // Shared-memory tiles are rows of `ld` bf16 (head_dim + 8: the eight rows one ldmatrix reads
 // fall in different banks). Device code only.
@@ -21,14 +23,16 @@
 
 namespace pdpool::agent::cuda {
 
-// Starts the copies of keys [key0, key0 + kKeys) of one KV head into k_s and v_s, shared by the
-// kThreads threads of the caller (`thread` is this one's index among them); keys at or past
-// `end` become zeros. The caller commits and waits.
-template <int HD, int kKeys, int kThreads>
-__device__ __forceinline__ void CopyPagedKvTile(const bf16* __restrict__ layer_cache,
-                                                const int32_t* __restrict__ table,
-                                                const KvCacheGeometry& g, int kv_head, int key0,
-                                                int end, bf16* k_s, bf16* v_s, int ld, int thread) {
+// Starts the copies of keys [key0, key0 + kKeys) of one KV head into the shared-memory tiles at
+// shared addresses k_s and v_s, shared by the kThreads threads of the caller (`thread` is this
+// one's index among them): the 16-byte chunk `chunk` of key j goes to byte place(j, chunk) of
+// each tile. Keys at or past `end` become zeros. The caller commits and waits.
+template <int HD, int kKeys, int kThreads, typename Place>
+__device__ __forceinline__ void CopyPagedKvTileTo(const bf16* __restrict__ layer_cache,
+                                                  const int32_t* __restrict__ table,
+                                                  const KvCacheGeometry& g, int kv_head, int key0,
+                                                  int end, uint32_t k_s, uint32_t v_s, int thread,
+                                                  Place place) {
   constexpr int kChunks = HD / 8;  // 16-byte chunks per row
 #pragma unroll
   for (int e = thread; e < kKeys * kChunks; e += kThreads) {
@@ -41,10 +45,21 @@ __device__ __forceinline__ void CopyPagedKvTile(const bf16* __restrict__ layer_c
       k_src = layer_cache + block * g.block_stride + kv_head * g.head_stride +
               int64_t{t % g.block_size} * HD + chunk * 8;
     }
-    CopyAsync16(SharedAddress(k_s + j * ld + chunk * 8), k_src, valid);
-    CopyAsync16(SharedAddress(v_s + j * ld + chunk * 8), valid ? k_src + g.kv_stride : k_src,
-                valid);
+    const uint32_t at = place(j, chunk);
+    CopyAsync16(k_s + at, k_src, valid);
+    CopyAsync16(v_s + at, valid ? k_src + g.kv_stride : k_src, valid);
   }
+}
+
+// The same into tiles of rows of `ld` bf16 at k_s and v_s.
+template <int HD, int kKeys, int kThreads>
+__device__ __forceinline__ void CopyPagedKvTile(const bf16* __restrict__ layer_cache,
+                                                const int32_t* __restrict__ table,
+                                                const KvCacheGeometry& g, int kv_head, int key0,
+                                                int end, bf16* k_s, bf16* v_s, int ld, int thread) {
+  CopyPagedKvTileTo<HD, kKeys, kThreads>(
+      layer_cache, table, g, kv_head, key0, end, SharedAddress(k_s), SharedAddress(v_s), thread,
+      [ld](int j, int chunk) { return static_cast<uint32_t>((j * ld + chunk * 8) * 2); });
 }
 
 // q_frag[k16] = the A fragment of dims [16·k16, 16·k16 + 16) of the 16 rows at q_rows.
@@ -75,6 +90,25 @@ __device__ __forceinline__ void ScoreTile(const uint32_t (&q_frag)[HD / 16][4], 
       LoadMatrixX4(b, SharedAddress(k_s + key * ld + dim));
       MmaBf16(s[2 * n16], q_frag[k16], b[0], b[1]);
       MmaBf16(s[2 * n16 + 1], q_frag[k16], b[2], b[3]);
+    }
+  }
+}
+
+// Scores into log2 units, and −inf for keys past each row's position (causal): s holds the
+// scores of this lane's rows at positions pos[0] and pos[1] (= pos[0] + 8) against keys
+// [key0, key0 + kKeys). Only a tile reaching past the warp's first row can hold such keys.
+template <int kKeys>
+__device__ __forceinline__ void ScaleAndMaskScores(float (&s)[kKeys / 8][4], int key0,
+                                                   const int (&pos)[2], int lane,
+                                                   float scale_log2) {
+  const int t4 = lane % 4;
+  const bool masked_tile = key0 + kKeys - 1 > pos[0] - lane / 4;
+#pragma unroll
+  for (int n = 0; n < kKeys / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + n * 8 + 2 * t4 + (e & 1);
+      s[n][e] = masked_tile && key > pos[e / 2] ? -INFINITY : s[n][e] * scale_log2;
     }
   }
 }
@@ -148,6 +182,30 @@ __device__ __forceinline__ void AccumulateValues(const float (&p)[kKeys / 8][4],
 __device__ __forceinline__ float QuadSum(float v) {
   v += __shfl_xor_sync(0xffffffffu, v, 1);
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The last step of a query tile: out = O / sum in bf16 for this lane's two rows
+// (warp_row0 + g and + 8 of the tile, whose first row is token row `first_row`), skipping rows
+// at or past `rows`. out is [token rows, num_heads · HD]; a row's sum is spread over its quad.
+template <int HD>
+__device__ __forceinline__ void StoreAttentionRows(const float (&o)[HD / 8][4],
+                                                   const float (&row_sum)[2], int warp_row0,
+                                                   int rows, int lane, int first_row,
+                                                   int num_heads, int head, bf16* out) {
+  const int g8 = lane / 4, t4 = lane % 4;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float sum = QuadSum(row_sum[h]);
+    const int r = warp_row0 + g8 + 8 * h;
+    if (r >= rows) continue;
+    const float inv = 1.0f / sum;
+    bf16* out_row = out + (int64_t{first_row + r} * num_heads + head) * HD + 2 * t4;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      *reinterpret_cast<__nv_bfloat162*>(out_row + n * 8) =
+          __floats2bfloat162_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
+    }
+  }
 }
 
 }  // namespace pdpool::agent::cuda

@@ -60,7 +60,7 @@ __device__ __forceinline__ void PrefillAttentionBlock(
   const int num_key_tiles = (key_end + kPrefillKeys - 1) / kPrefillKeys;
   const int32_t* table = block_tables + m.block_table_offset;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g8 = lane / 4, t4 = lane % 4;  // fragment row and column pair (warp_mma.cuh)
+  const int g8 = lane / 4;  // fragment row (warp_mma.cuh)
   const int warp_row0 = warp * 16;
   // Positions of this lane's two rows: warp_row0 + g8 and warp_row0 + g8 + 8.
   const int pos[2] = {first_pos + warp_row0 + g8, first_pos + warp_row0 + g8 + 8};
@@ -100,37 +100,14 @@ __device__ __forceinline__ void PrefillAttentionBlock(
     float s[kPrefillKeys / 8][4];
     ScoreTile<HD, kPrefillKeys>(q_frag, L::K(q_s, stage), L::kLd, lane, s);
 
-    // Scale into log2 units and mask keys past each row's position (only tiles that reach past
-    // the warp's first row can hold such keys).
-    const int key0 = kt * kPrefillKeys;
-    const bool masked_tile = key0 + kPrefillKeys - 1 > pos[0] - g8;
-#pragma unroll
-    for (int n = 0; n < kPrefillKeys / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + n * 8 + 2 * t4 + (e & 1);
-        s[n][e] = masked_tile && key > pos[e / 2] ? -INFINITY : s[n][e] * scale_log2;
-      }
-    }
+    ScaleAndMaskScores<kPrefillKeys>(s, kt * kPrefillKeys, pos, lane, scale_log2);
     OnlineSoftmax(s, row_max, row_sum, o);
     AccumulateValues<HD, kPrefillKeys>(s, L::V(q_s, stage), L::kLd, lane, o);
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
 
-  // out = O / sum, bf16; a row's sum is spread over its quad.
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float sum = QuadSum(row_sum[h]);
-    const int r = warp_row0 + g8 + 8 * h;
-    if (r >= rows) continue;
-    const float inv = 1.0f / sum;
-    bf16* out_row = out + (int64_t{m.q_start + tile.y + r} * num_heads + head) * HD + 2 * t4;
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      *reinterpret_cast<__nv_bfloat162*>(out_row + n * 8) =
-          __floats2bfloat162_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
-    }
-  }
+  StoreAttentionRows<HD>(o, row_sum, warp_row0, rows, lane, m.q_start + tile.y, num_heads, head,
+                         out);
 }
 
 }  // namespace pdpool::agent::cuda

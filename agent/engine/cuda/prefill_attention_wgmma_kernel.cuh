@@ -54,32 +54,6 @@ __device__ __forceinline__ uint32_t SwizzledTileOffset(int row, int chunk) {
          Swizzle128Offset(row, (chunk % 8) * 8);
 }
 
-// Starts the copies of keys [key0, key0 + 64) of one KV head into the swizzled tiles at shared
-// addresses k_s and v_s (keys at or past `end` become zeros). The caller commits and waits.
-template <int HD>
-__device__ __forceinline__ void CopyPagedKvTileSwizzled(const bf16* __restrict__ layer_cache,
-                                                        const int32_t* __restrict__ table,
-                                                        const KvCacheGeometry& g, int kv_head,
-                                                        int key0, int end, uint32_t k_s,
-                                                        uint32_t v_s) {
-  constexpr int kChunks = HD / 8;
-#pragma unroll
-  for (int e = threadIdx.x; e < kWgmmaPrefillKeys * kChunks; e += kWgmmaPrefillThreads) {
-    const int j = e / kChunks, chunk = e % kChunks;
-    const int t = key0 + j;
-    const bool valid = t < end;
-    const bf16* k_src = layer_cache;
-    if (valid) {
-      const int64_t block = table[t / g.block_size];
-      k_src = layer_cache + block * g.block_stride + kv_head * g.head_stride +
-              int64_t{t % g.block_size} * HD + chunk * 8;
-    }
-    const uint32_t at = SwizzledTileOffset<HD>(j, chunk);
-    CopyAsync16(k_s + at, k_src, valid);
-    CopyAsync16(v_s + at, valid ? k_src + g.kv_stride : k_src, valid);
-  }
-}
-
 // One block of kWgmmaPrefillThreads threads; smem is WgmmaPrefillSmem<HD>::kBytes of shared
 // memory. Arguments as PrefillAttentionBlock's.
 template <int HD>
@@ -104,7 +78,7 @@ __device__ __forceinline__ void WgmmaPrefillAttentionBlock(
   const int32_t* table = block_tables + m.block_table_offset;
   const int group = threadIdx.x / 128;  // this thread's warpgroup
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g8 = lane / 4, t4 = lane % 4;
+  const int g8 = lane / 4;  // fragment row (warpgroup_mma.cuh)
   const int warp_row0 = warp * 16;  // = 64 · group + 16 · (warp within the warpgroup)
   const int pos[2] = {first_pos + warp_row0 + g8, first_pos + warp_row0 + g8 + 8};
 
@@ -116,8 +90,10 @@ __device__ __forceinline__ void WgmmaPrefillAttentionBlock(
         valid ? q + (int64_t{m.q_start + tile.y + r} * num_heads + head) * HD + c * 8 : q;
     CopyAsync16(base + L::Q(r / 64) + SwizzledTileOffset<HD>(r % 64, c), src, valid);
   }
-  CopyPagedKvTileSwizzled<HD>(layer_cache, table, g, kv_head, 0, key_end, base + L::K(0),
-                              base + L::V(0));
+  const auto swizzled = [](int row, int chunk) { return SwizzledTileOffset<HD>(row, chunk); };
+  CopyPagedKvTileTo<HD, kWgmmaPrefillKeys, kWgmmaPrefillThreads>(
+      layer_cache, table, g, kv_head, 0, key_end, base + L::K(0), base + L::V(0), threadIdx.x,
+      swizzled);
   CommitAsyncCopies();
 
   // Accumulators in the wgmma D layout, which is attention_tile.cuh's [8-column block][4].
@@ -130,8 +106,9 @@ __device__ __forceinline__ void WgmmaPrefillAttentionBlock(
   for (int kt = 0; kt < num_key_tiles; ++kt) {
     const int stage = kt & 1;
     if (kt + 1 < num_key_tiles) {
-      CopyPagedKvTileSwizzled<HD>(layer_cache, table, g, kv_head, (kt + 1) * kWgmmaPrefillKeys,
-                                  key_end, base + L::K(stage ^ 1), base + L::V(stage ^ 1));
+      CopyPagedKvTileTo<HD, kWgmmaPrefillKeys, kWgmmaPrefillThreads>(
+          layer_cache, table, g, kv_head, (kt + 1) * kWgmmaPrefillKeys, key_end,
+          base + L::K(stage ^ 1), base + L::V(stage ^ 1), threadIdx.x, swizzled);
       CommitAsyncCopies();
       WaitAsyncCopies<1>();
     } else {
@@ -157,17 +134,7 @@ __device__ __forceinline__ void WgmmaPrefillAttentionBlock(
     WarpgroupWait<0>();
     WarpgroupFenceOperands(s_flat);
 
-    // Scale into log2 units and mask keys past each row's position.
-    const int key0 = kt * kWgmmaPrefillKeys;
-    const bool masked_tile = key0 + kWgmmaPrefillKeys - 1 > pos[0] - g8;
-#pragma unroll
-    for (int n = 0; n < kWgmmaPrefillKeys / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + n * 8 + 2 * t4 + (e & 1);
-        s[n][e] = masked_tile && key > pos[e / 2] ? -INFINITY : s[n][e] * scale_log2;
-      }
-    }
+    ScaleAndMaskScores<kWgmmaPrefillKeys>(s, kt * kWgmmaPrefillKeys, pos, lane, scale_log2);
     OnlineSoftmax(s, row_max, row_sum, o);
 
     // O += P·V: P's A fragments from the weights, V as an N-major B (16 keys = 2 × 8 rows of
@@ -201,20 +168,8 @@ __device__ __forceinline__ void WgmmaPrefillAttentionBlock(
     __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
 
-  // out = O / sum, bf16; a row's sum is spread over its quad.
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const float sum = QuadSum(row_sum[h]);
-    const int r = warp_row0 + g8 + 8 * h;
-    if (r >= rows) continue;
-    const float inv = 1.0f / sum;
-    bf16* out_row = out + (int64_t{m.q_start + tile.y + r} * num_heads + head) * HD + 2 * t4;
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      *reinterpret_cast<__nv_bfloat162*>(out_row + n * 8) =
-          __floats2bfloat162_rn(o[n][2 * h] * inv, o[n][2 * h + 1] * inv);
-    }
-  }
+  StoreAttentionRows<HD>(o, row_sum, warp_row0, rows, lane, m.q_start + tile.y, num_heads, head,
+                         out);
 }
 
 }  // namespace pdpool::agent::cuda
