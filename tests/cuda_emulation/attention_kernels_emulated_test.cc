@@ -122,30 +122,32 @@ PagedCase PrefillCase(std::mt19937_64& rng, int head_dim, int group, int tile_ro
   return c;
 }
 
-TEST_P(EmulatedAttentionTest, PrefillMatchesFloat64Reference) {
-  const auto [head_dim, group] = GetParam();
+// Runs the mma.sync or the wgmma prefill kernel over PrefillCase and compares with float64.
+void ExpectPrefillMatchesReference(int head_dim, int group, bool wgmma) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   SetScheduleSeed(seed | 1);
   std::vector<int2> tiles;
-  const PagedCase c = PrefillCase(rng, head_dim, group, kPrefillTileRows, &tiles);
-  const std::vector<bf16> out =
-      head_dim == 128 ? RunPrefill<128>(c, tiles) : RunPrefill<64>(c, tiles);
+  const PagedCase c =
+      PrefillCase(rng, head_dim, group, wgmma ? kWgmmaPrefillTileRows : kPrefillTileRows, &tiles);
+  std::vector<bf16> out;
+  if (wgmma) {
+    out = head_dim == 128 ? RunWgmmaPrefill<128>(c, tiles) : RunWgmmaPrefill<64>(c, tiles);
+  } else {
+    out = head_dim == 128 ? RunPrefill<128>(c, tiles) : RunPrefill<64>(c, tiles);
+  }
   EXPECT_LE(RelativeError(ToFloat(out), Reference(c)), 1e-2);
+}
+
+TEST_P(EmulatedAttentionTest, PrefillMatchesFloat64Reference) {
+  const auto [head_dim, group] = GetParam();
+  ExpectPrefillMatchesReference(head_dim, group, /*wgmma=*/false);
 }
 
 TEST_P(EmulatedAttentionTest, WgmmaPrefillMatchesFloat64Reference) {
   const auto [head_dim, group] = GetParam();
-  const uint64_t seed = FreshSeed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  std::mt19937_64 rng(seed);
-  SetScheduleSeed(seed | 1);
-  std::vector<int2> tiles;
-  const PagedCase c = PrefillCase(rng, head_dim, group, kWgmmaPrefillTileRows, &tiles);
-  const std::vector<bf16> out =
-      head_dim == 128 ? RunWgmmaPrefill<128>(c, tiles) : RunWgmmaPrefill<64>(c, tiles);
-  EXPECT_LE(RelativeError(ToFloat(out), Reference(c)), 1e-2);
+  ExpectPrefillMatchesReference(head_dim, group, /*wgmma=*/true);
 }
 
 TEST_P(EmulatedAttentionTest, DecodeMatchesFloat64Reference) {

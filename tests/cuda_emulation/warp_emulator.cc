@@ -848,13 +848,7 @@ class Runtime {
     barrier_arrived = 0;
     for (WarpSlot& slot : warps) slot.at_barrier = 0;
     ++stats.barriers;
-    fiber.state = State::kRunning;
-    release_.clear();
-    for (int other = 0; other < threads; ++other) {
-      if (other != tid) release_.push_back(other);
-    }
-    Release(&release_);
-    MaybeYield();
+    ReleaseOthersAndRun(&fiber, tid, 0, threads);
   }
 
   // The current lane has deposited its operands in its warp's slot; returns once all 32 lanes
@@ -898,10 +892,15 @@ class Runtime {
     warp.op = WarpOp::kNone;
     ++stats.collectives;
     Complete(op, warp_index);
-    fiber.state = State::kRunning;
+    ReleaseOthersAndRun(&fiber, tid, warp_index * kWarpSize, kWarpSize);
+  }
+
+  // The last thread to arrive at a barrier or collective (tid, running on `fiber`): releases the
+  // other threads [first, first + count) that waited at it, and keeps running.
+  void ReleaseOthersAndRun(Fiber* fiber, int tid, int first, int count) {
+    fiber->state = State::kRunning;
     release_.clear();
-    for (int lane = 0; lane < kWarpSize; ++lane) {
-      int other = warp_index * kWarpSize + lane;
+    for (int other = first; other < first + count; ++other) {
       if (other != tid) release_.push_back(other);
     }
     Release(&release_);
@@ -1303,14 +1302,7 @@ class Runtime {
     }
     ++stats.collectives;
     CompleteWarpgroup(op, group, &slot);
-    fiber.state = State::kRunning;
-    release_.clear();
-    for (int i = 0; i < kWarpgroupSize; ++i) {
-      int other = group * kWarpgroupSize + i;
-      if (other != tid) release_.push_back(other);
-    }
-    Release(&release_);
-    MaybeYield();
+    ReleaseOthersAndRun(&fiber, tid, group * kWarpgroupSize, kWarpgroupSize);
   }
 
   void CompleteWarpgroup(WarpgroupOp op, int group, WarpgroupSlot* slot) {

@@ -22,46 +22,16 @@
 #include <tuple>
 #include <vector>
 
+#include "tests/cuda_emulation/emulator_test_support.h"
+
 namespace pdpool::cuda_emulation {
 namespace {
 
 namespace emu = pdpool::agent::cuda::emulation;
-
-// ---- helpers ----------------------------------------------------------------------------------
-
-// A random bf16 value (bit pattern): a random float in [-2, 2) truncated to bf16, so exact.
-uint16_t RandomBf16(std::mt19937& rng) {
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  float f = dist(rng);
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-double Bf16ToDouble(uint16_t bits) {
-  uint32_t word = uint32_t{bits} << 16;
-  float f;
-  std::memcpy(&f, &word, sizeof f);
-  return f;
-}
-
-uint32_t Pack(uint16_t low, uint16_t high) { return uint32_t{low} | (uint32_t{high} << 16); }
-
-// Runs `run` and expects a std::runtime_error whose message contains every one of `parts`.
-template <typename Fn>
-void ExpectErrorContaining(Fn run, const std::vector<std::string>& parts) {
-  try {
-    run();
-  } catch (const std::runtime_error& e) {
-    std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos) << "missing \"" << part << "\" in:\n"
-                                                       << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "RunGrid did not throw";
-}
+using testing::Bf16ToDouble;
+using testing::ExpectErrorContaining;
+using testing::Pack;
+using testing::RandomBf16;
 
 // ---- mma --------------------------------------------------------------------------------------
 

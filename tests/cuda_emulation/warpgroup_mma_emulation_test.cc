@@ -24,27 +24,23 @@
 
 #include "agent/engine/cuda/warp_mma.cuh"
 #include "agent/engine/cuda/warpgroup_mma.cuh"
+#include "tests/cuda_emulation/emulator_test_support.h"
 
 namespace pdpool::cuda_emulation {
 namespace {
 
 namespace kernel = pdpool::agent::cuda;
 namespace emu = pdpool::agent::cuda::emulation;
+using testing::Bf16ToDouble;
+using testing::ExpectErrorContaining;
+using testing::Pack;
+using testing::RandomBf16;
 
 constexpr int kWarpgroup = 128;
 constexpr uint32_t kAtom = 1024;  // SBO of a 128-byte-swizzled tile: 8 rows of 128 bytes
 constexpr uint16_t kBf16One = 0x3f80;
 
 // ---- data -------------------------------------------------------------------------------------
-
-// A random bf16 (bit pattern): a float in [-2, 2) truncated to bf16, so exact.
-uint16_t RandomBf16(std::mt19937& rng) {
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  float f = dist(rng);
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  return static_cast<uint16_t>(bits >> 16);
-}
 
 // An integer in [-3, 3] as bf16: products and their sums stay exact in float.
 uint16_t SmallIntBf16(std::mt19937& rng) {
@@ -53,15 +49,6 @@ uint16_t SmallIntBf16(std::mt19937& rng) {
   std::memcpy(&bits, &f, sizeof bits);
   return static_cast<uint16_t>(bits >> 16);
 }
-
-double Bf16ToDouble(uint16_t bits) {
-  uint32_t word = uint32_t{bits} << 16;
-  float f;
-  std::memcpy(&f, &word, sizeof f);
-  return f;
-}
-
-uint32_t Pack(uint16_t low, uint16_t high) { return uint32_t{low} | (uint32_t{high} << 16); }
 
 // A (64 x k, a[m * k + kk]) times B (k x n, b[kk * n + col]).
 struct Problem {
@@ -108,22 +95,6 @@ void ExpectProduct(const Problem& p, const std::vector<float>& out, const std::s
     }
   }
   EXPECT_EQ(failures, 0) << label;
-}
-
-// Runs `run` and expects a std::runtime_error whose message contains every one of `parts`.
-template <typename Fn>
-void ExpectErrorContaining(Fn run, const std::vector<std::string>& parts) {
-  try {
-    run();
-  } catch (const std::runtime_error& e) {
-    std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos) << "missing \"" << part << "\" in:\n"
-                                                       << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "RunGrid did not throw";
 }
 
 // ---- the PTX ISA's layouts, written here independently of warpgroup_mma.cuh --------------------
