@@ -2,7 +2,8 @@
 # Prepares the one device call of issue 4 (bench/README.md, "GPU benchmarks (issue 4)"): builds
 # the GPU binaries HERE (nvcc, no GPU needed) and gathers into .device/ what the lent GPU machine
 # needs, since that machine has no Debian -dev libraries, no network and no ../shared:
-#   .device/bin/       engine_bench, pdpool_gpu_tests, kv_handoff_bench (when the build has it),
+#   .device/bin/       engine_bench, sampling_bench, pdpool_gpu_tests, kv_handoff_bench (when
+#                      the build has it),
 #                      debug info stripped (the device call carries at most 64 MiB)
 #   .device/lib/       the shared libraries they load that are neither glibc's, the C++
 #                      runtime's, the driver's nor CUDA's (ldd decides; usually none: pdpool's
@@ -28,11 +29,11 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache
 fi
 all_targets=$(ninja -C "$BUILD_DIR" -t targets all)
-targets="engine_bench pdpool_gpu_tests"
+targets="engine_bench sampling_bench pdpool_gpu_tests"
 if grep -q '^kv_handoff_bench:' <<<"$all_targets"; then
   targets="$targets kv_handoff_bench"
 fi
-for t in engine_bench pdpool_gpu_tests; do
+for t in engine_bench sampling_bench pdpool_gpu_tests; do
   if ! grep -q "^$t:" <<<"$all_targets"; then
     echo "prepare_device_bundle: no target $t in $BUILD_DIR (was CUDA found? see the cmake" \
       "output: 'pdpool: cuda backend ON')" >&2

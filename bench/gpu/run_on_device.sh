@@ -12,11 +12,13 @@
 #   4. the peer: .device/peer_hf_llama.py on engine_bench's whole decode grid;
 #   5. engine_bench with the peer's JSON (table + JSON);
 #   6. kv_handoff_bench, when the bundle has it;
-#   7. with time left, engine_bench's decode batch 1 and prefill 8192 on the previous kernels
+#   7. the token sampler: bench/gpu/peer_torch_sampling.py (transformers' sampling on torch),
+#      then sampling_bench against it;
+#   8. with time left, engine_bench's decode batch 1 and prefill 8192 on the previous kernels
 #      (cuBLAS decode GEMMs, mma.sync prefill attention, no programmatic dependent launch).
 # Everything lands in $OUT (run.log with every step's full output, gpu_tests.xml, peer_hf.json,
 # engine_bench.json, kv_handoff.json when it writes one, engine_bench_baseline.json, summary.txt:
-# within the 8 files a call brings back) and a short summary table is printed last. Exit 0 when
+# within the 8 files a call brings back; the sampler's table is in run.log and summary.txt) and a short summary table is printed last. Exit 0 when
 # the script ran to its end, whatever the steps' results (they are in the summary); 1 without
 # the bundle.
 set -u -o pipefail
@@ -156,12 +158,23 @@ if [ -x "$BUNDLE/bin/kv_handoff_bench" ]; then
   if timeout 10 "$BUNDLE/bin/kv_handoff_bench" --help 2>&1 | grep -q -- "--json"; then
     KV_ARGS=(--json "$OUT/kv_handoff.json")
   fi
-  run_step kv_handoff 90 5 "$BUNDLE/bin/kv_handoff_bench" "${KV_ARGS[@]}"
+  run_step kv_handoff 90 35 "$BUNDLE/bin/kv_handoff_bench" "${KV_ARGS[@]}"
 else
   skip_step kv_handoff "no kv_handoff_bench in the bundle"
 fi
 
-# ---- 7. the previous kernels, for comparison (only with time left) ----
+# ---- 7. the token sampler against transformers' sampling on torch ----
+# Its JSON stays out of $OUT (a call brings back 8 files); the summary prints its table.
+SAMPLING_JSON=/tmp/pdpool-sampling-bench.json
+rm -f "$SAMPLING_JSON" /tmp/pdpool-peer-sampling.json
+run_step peer_sampling 45 15 "$PY" bench/gpu/peer_torch_sampling.py \
+  --json /tmp/pdpool-peer-sampling.json
+SAMPLING_PEER=()
+[ -s /tmp/pdpool-peer-sampling.json ] && SAMPLING_PEER=(--peer-json /tmp/pdpool-peer-sampling.json)
+run_step sampling_bench 30 0 "$BUNDLE/bin/sampling_bench" "${SAMPLING_PEER[@]}" \
+  --json "$SAMPLING_JSON"
+
+# ---- 8. the previous kernels, for comparison (only with time left) ----
 # Decode batch 1 and prefill 8192 with cuBLAS for the decode GEMMs, the mma.sync prefill
 # attention and no programmatic dependent launch: what the rows above gain from each.
 if [ "${RESULT[engine_bench]}" = ok ]; then
@@ -213,6 +226,19 @@ for r in rep.get("rows", []):
           + (f"  [{r['error'][:60]}]" if r.get("error") else ""))
 EOF
   done
+  if [ -s "$SAMPLING_JSON" ]; then
+    echo "-- sampling_bench (vs transformers' sampling on torch)"
+    "$PY" - "$SAMPLING_JSON" <<'EOF'
+import json, sys
+rep = json.load(open(sys.argv[1]))
+print(f"sampling_bench on {rep['device_name']}, vocabulary {rep['vocab']}")
+print(f"{'case':18} {'rows':>5} {'pdpool us':>10} {'peer us':>9} {'peer/pdpool':>12}")
+for r in rep["rows"]:
+    peer = r.get("peer_us")
+    print(f"{r['case']:18} {r['rows']:>5} {r['us']:>10.1f} {'-' if peer is None else '%.1f' % peer:>9} "
+          f"{'-' if peer is None else '%.2fx' % r['peer_over_pdpool']:>12}")
+EOF
+  fi
   echo
   echo "==== summary ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(elapsed) s of $BUDGET) ===="
   printf '%-14s %-8s %s\n' step seconds result

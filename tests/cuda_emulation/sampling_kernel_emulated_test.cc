@@ -1,7 +1,8 @@
 // The sampling kernel's body (agent/engine/cuda/sampling_kernel.cuh) run on the CPU under the
 // warp emulator (warp_emulator.h), against the same cases as the GPU tests
 // (tests/gpu/sampling_cases.h): greedy equals the CPU's argmax with ties and NaN; top-p draws
-// follow the exact nucleus distribution; a draw among absorbed weights stays in its range.
+// follow the exact nucleus distribution (a small and a large vocabulary, ties at the threshold,
+// a flat row); a draw among absorbed weights stays in its range.
 // Checks the block reductions, the threshold search and the walk on machines without a GPU.
 // Label unit.
 // clang-format off
@@ -28,12 +29,13 @@ using ::pdpool::testing::AbsorbedRangeCase;
 using ::pdpool::testing::AbsorbedRangeDraws;
 using ::pdpool::testing::CpuGreedy;
 using ::pdpool::testing::ExpectAllInAbsorbedRange;
-using ::pdpool::testing::ExpectDrawsFollow;
+using ::pdpool::testing::ExpectNucleusDraws;
+using ::pdpool::testing::FlatRow;
 using ::pdpool::testing::FreshSeed;
 using ::pdpool::testing::GreedyRows;
-using ::pdpool::testing::NucleusBatch;
-using ::pdpool::testing::NucleusDistribution;
+using ::pdpool::testing::NormalRow;
 using ::pdpool::testing::SampleBatch;
+using ::pdpool::testing::TiedThresholdRow;
 
 std::vector<int32_t> Sample(const std::vector<float>& logits, int vocab,
                             const std::vector<SampleRowParams>& params) {
@@ -62,17 +64,30 @@ TEST_F(EmulatedSamplingTest, GreedyIsTheCpuArgmax) {
   EXPECT_EQ(Sample(logits, vocab, std::vector<SampleRowParams>(rows)), CpuGreedy(logits, vocab));
 }
 
-// Fewer draws than the GPU test's 20000 (each emulated block is 1024 fibers), so the bounds
-// are looser, but a token outside the nucleus still fails at once.
+// The GPU tests' nucleus cases with fewer draws (each emulated block is 1024 fibers), so the
+// frequency bounds are looser, but a token outside the nucleus still fails at once.
 TEST_F(EmulatedSamplingTest, TopPDrawsFollowTheNucleusDistribution) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   SetScheduleSeed(seed | 1);
-  const double temperature = 0.8, top_p = 0.7;
-  std::vector<float> row;
-  const SampleBatch b = NucleusBatch(rng, seed, 40, 400, temperature, top_p, &row);
-  ExpectDrawsFollow(Sample(b.logits, 40, b.params), NucleusDistribution(row, temperature, top_p));
+  ExpectNucleusDraws(Sample, NormalRow(rng, 40), seed, 400, 0.8, 0.7, 0, false);
+}
+
+TEST_F(EmulatedSamplingTest, TopPOverALargeVocabulary) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  SetScheduleSeed(seed | 1);
+  ExpectNucleusDraws(Sample, NormalRow(rng, 32768), seed, 40, 0.7, 0.9, 0, false);
+}
+
+TEST_F(EmulatedSamplingTest, TiesAtTheThresholdAreKeptInIdOrder) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  SetScheduleSeed(seed | 1);
+  ExpectNucleusDraws(Sample, TiedThresholdRow(4096), seed, 100, 1.0, 0.5, 5 + 137, false);
+  ExpectNucleusDraws(Sample, FlatRow(2048), seed, 60, 1.0, 0.25, 512, false);
 }
 
 TEST_F(EmulatedSamplingTest, ADrawInARangeOfAbsorbedWeightsStaysInThatRange) {

@@ -32,22 +32,24 @@ using ::pdpool::testing::AbsorbedRangeCase;
 using ::pdpool::testing::AbsorbedRangeDraws;
 using ::pdpool::testing::CpuGreedy;
 using ::pdpool::testing::ExpectAllInAbsorbedRange;
-using ::pdpool::testing::ExpectDrawsFollow;
+using ::pdpool::testing::ExpectNucleusDraws;
 using ::pdpool::testing::ExpectSkinnyGemmOutput;
+using ::pdpool::testing::FlatRow;
 using ::pdpool::testing::FreshSeed;
 using ::pdpool::testing::GreedyRows;
 using ::pdpool::testing::MakeCase;
 using ::pdpool::testing::MakeSkinnyGemmCase;
-using ::pdpool::testing::NucleusBatch;
-using ::pdpool::testing::NucleusDistribution;
+using ::pdpool::testing::NormalRow;
 using ::pdpool::testing::PagedCase;
 using ::pdpool::testing::Reference;
 using ::pdpool::testing::RelativeError;
 using ::pdpool::testing::RoundBf16;
+using ::pdpool::testing::RowSampler;
 using ::pdpool::testing::SampleBatch;
 using ::pdpool::testing::SkinnyGemmCase;
 using ::pdpool::testing::SkinnyGemmShape;
 using ::pdpool::testing::SkinnyGemmShapeName;
+using ::pdpool::testing::TiedThresholdRow;
 using ::pdpool::testing::ToFloat;
 
 #define ASSERT_CUDA(call) \
@@ -186,6 +188,11 @@ class SamplingKernelTest : public ::testing::Test {
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     return tokens.Download();
   }
+
+  const RowSampler sampler_ = [this](const std::vector<float>& logits, int vocab,
+                                     const std::vector<SampleRowParams>& params) {
+    return Sample(logits, vocab, params);
+  };
 };
 
 TEST_F(SamplingKernelTest, GreedyIsTheCpuArgmax) {
@@ -197,24 +204,36 @@ TEST_F(SamplingKernelTest, GreedyIsTheCpuArgmax) {
   EXPECT_EQ(Sample(logits, vocab, std::vector<SampleRowParams>(rows)), CpuGreedy(logits, vocab));
 }
 
-// Draws many tokens (one row per sample_index) from a small vocabulary and compares the
-// frequencies with the exact nucleus distribution: every kept token's frequency within 5
-// standard deviations, no token outside the nucleus ever drawn, and the same draws twice.
+// Draws many tokens (one row per sample_index) and compares the frequencies with the exact
+// nucleus distribution: every kept token's frequency within 5 standard deviations, no token
+// outside the nucleus ever drawn, and the same draws twice. A small vocabulary (the threshold
+// search runs in shared memory from the start); 32768 ids (it reads the row until at most 8192
+// weights are left in range); ties at the threshold spread over the row, which must be kept in
+// id order; a row of equal weights.
 TEST_F(SamplingKernelTest, TopPDrawsFollowTheNucleusDistribution) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
-  const double temperature = 0.8, top_p = 0.7;
-  std::vector<float> row;
-  const SampleBatch b = NucleusBatch(rng, seed, 40, 20000, temperature, top_p, &row);
-  const std::vector<int32_t> first = Sample(b.logits, 40, b.params);
-  EXPECT_EQ(first, Sample(b.logits, 40, b.params)) << "sampling is not deterministic";
-  ExpectDrawsFollow(first, NucleusDistribution(row, temperature, top_p));
+  ExpectNucleusDraws(sampler_, NormalRow(rng, 40), seed, 20000, 0.8, 0.7, 0, true);
 }
 
-// The walk inside one thread's range can stall: weights below half an ulp of the running sum
-// are absorbed, so the sum never passes a target inside the range (sampling_cases.h). The
-// kernel must return a token of that range, not the last kept token of the vocabulary.
+TEST_F(SamplingKernelTest, TopPOverALargeVocabulary) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  ExpectNucleusDraws(sampler_, NormalRow(rng, 32768), seed, 4000, 0.7, 0.9, 0, true);
+}
+
+TEST_F(SamplingKernelTest, TiesAtTheThresholdAreKeptInIdOrder) {
+  const uint64_t seed = FreshSeed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  ExpectNucleusDraws(sampler_, TiedThresholdRow(4096), seed, 8000, 1.0, 0.5, 5 + 137, true);
+  ExpectNucleusDraws(sampler_, FlatRow(2048), seed, 8000, 1.0, 0.25, 512, true);
+}
+
+// A walk that sums in float stalls among weights below half an ulp of the running sum: the sum
+// never passes a target inside their range (sampling_cases.h). The kernel must return a token
+// of that range, not the last kept token of the vocabulary.
 TEST_F(SamplingKernelTest, ADrawInARangeOfAbsorbedWeightsStaysInThatRange) {
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -68,7 +69,10 @@ inline std::vector<double> NucleusDistribution(const std::vector<float>& row, do
   return nucleus;
 }
 
-// Every draw inside the nucleus, and each token's count within 5 standard deviations.
+// Every draw inside the nucleus; and the draws' frequencies follow the distribution: ids are
+// taken in order in groups expecting at least 50 draws each (a single token when it expects
+// that many), and each group's count must lie within 5 standard deviations of its expectation.
+// Grouping keeps the bound sound where tokens expect less than one draw each.
 inline void ExpectDrawsFollow(const std::vector<int32_t>& draws,
                               const std::vector<double>& distribution) {
   const int vocab = static_cast<int>(distribution.size());
@@ -79,20 +83,29 @@ inline void ExpectDrawsFollow(const std::vector<int32_t>& draws,
     ++counts[static_cast<size_t>(t)];
   }
   const double n = static_cast<double>(draws.size());
-  for (size_t i = 0; i < distribution.size(); ++i) {
-    const double p = distribution[i];
+  double group_p = 0;
+  int group_count = 0, group_first = 0;
+  for (int i = 0; i < vocab; ++i) {
+    const double p = distribution[static_cast<size_t>(i)];
+    const int count = counts[static_cast<size_t>(i)];
     if (p == 0.0) {
-      EXPECT_EQ(counts[i], 0) << "token " << i << " is outside the nucleus";
+      EXPECT_EQ(count, 0) << "token " << i << " is outside the nucleus";
       continue;
     }
-    EXPECT_NEAR(counts[i], n * p, 5 * std::sqrt(n * p * (1 - p)) + 1) << "token " << i;
+    group_p += p;
+    group_count += count;
+    if (n * group_p < 50 && i + 1 < vocab) continue;
+    EXPECT_NEAR(group_count, n * group_p, 5 * std::sqrt(n * group_p * (1 - group_p)) + 1)
+        << "tokens " << group_first << " to " << i;
+    group_p = 0;
+    group_count = 0;
+    group_first = i + 1;
   }
 }
 
-// A row of 128256 logits (1024 threads of 126 ids each): token 0 has weight 1; the second
-// thread's range, ids 126..251, holds 126 weights of 0.45 · 2⁻²³, which vanish when added to
-// 1.0; the last id has the same tiny weight. A draw that lands in that range must return an id
-// of that range. AbsorbedRangeDraws finds, with the host's SampleUniform, up to `wanted` sample
+// A row of 128256 logits: token 0 has weight 1; ids 126..251 hold 126 weights of 0.45 · 2⁻²³,
+// which vanish when added to 1.0 in float; the last id has the same tiny weight. A draw that
+// lands in that range must return an id of that range (a walk that sums in float stalls there). AbsorbedRangeDraws finds, with the host's SampleUniform, up to `wanted` sample
 // indexes whose draw lands well inside it.
 struct AbsorbedRangeCase {
   static constexpr int kVocab = 128256;
@@ -127,20 +140,65 @@ struct SampleBatch {
   std::vector<agent::cuda::SampleRowParams> params;
 };
 
-// `draws` copies of a row of `vocab` normal logits (sd 1.5), sample indexes 0 … draws − 1:
-// the row is returned in *row.
-inline SampleBatch NucleusBatch(std::mt19937_64& rng, uint64_t seed, int vocab, int draws,
-                                double temperature, double top_p, std::vector<float>* row) {
-  std::normal_distribution<float> n(0.0f, 1.5f);
-  row->assign(static_cast<size_t>(vocab), 0.0f);
-  for (auto& x : *row) x = n(rng);
+// `draws` copies of `row`, sample indexes 0 … draws − 1.
+inline SampleBatch RepeatRow(const std::vector<float>& row, uint64_t seed, int draws,
+                             double temperature, double top_p) {
   SampleBatch b;
   for (int i = 0; i < draws; ++i) {
-    b.logits.insert(b.logits.end(), row->begin(), row->end());
+    b.logits.insert(b.logits.end(), row.begin(), row.end());
     b.params.push_back(agent::cuda::SampleRowParams{static_cast<float>(temperature),
                                                     static_cast<float>(top_p), seed, i, 0});
   }
   return b;
+}
+
+// A row of `vocab` normal logits (sd 1.5).
+inline std::vector<float> NormalRow(std::mt19937_64& rng, int vocab) {
+  std::normal_distribution<float> n(0.0f, 1.5f);
+  std::vector<float> row(static_cast<size_t>(vocab));
+  for (auto& x : row) x = n(rng);
+  return row;
+}
+
+// A row of `vocab` equal logits: every weight ties at the threshold.
+inline std::vector<float> FlatRow(int vocab) { return std::vector<float>(static_cast<size_t>(vocab), 0.5f); }
+
+// A row whose nucleus ends inside a group of equal weights spread over the whole row: 5 ids at
+// logit 3, 300 at logit 1 (every 13th id from 7), the rest at −5. With temperature 1 and
+// top_p 0.5 the nucleus is the 5 and the lowest 137 ids of the 300, so a draw among the other
+// 163 means ties were not taken in id order.
+inline std::vector<float> TiedThresholdRow(int vocab) {
+  std::vector<float> row(static_cast<size_t>(vocab), -5.0f);
+  for (int k = 0; k < 300; ++k) row[static_cast<size_t>((7 + 13 * k) % vocab)] = 1.0f;
+  for (int k = 0; k < 5; ++k) row[static_cast<size_t>((vocab / 5) * k + 3)] = 3.0f;
+  return row;
+}
+
+// Samples every row of a batch: the GPU kernel, or its body under the warp emulator.
+using RowSampler = std::function<std::vector<int32_t>(
+    const std::vector<float>& logits, int vocab,
+    const std::vector<agent::cuda::SampleRowParams>& params)>;
+
+// Draws `draws` tokens from `row` (one row per sample index) and checks them against the exact
+// nucleus distribution (ExpectDrawsFollow), for the float temperature and top_p the kernel
+// sees. `nucleus_size`, when positive, is what the case promises the nucleus holds. With
+// `twice`, the draws are repeated and must come out the same.
+inline void ExpectNucleusDraws(const RowSampler& sample, const std::vector<float>& row,
+                               uint64_t seed, int draws, double temperature, double top_p,
+                               int nucleus_size, bool twice) {
+  const std::vector<double> nucleus = NucleusDistribution(
+      row, static_cast<float>(temperature), static_cast<float>(top_p));
+  if (nucleus_size > 0) {
+    ASSERT_EQ(std::count_if(nucleus.begin(), nucleus.end(), [](double p) { return p > 0; }),
+              nucleus_size);
+  }
+  const int vocab = static_cast<int>(row.size());
+  const SampleBatch b = RepeatRow(row, seed, draws, temperature, top_p);
+  const std::vector<int32_t> first = sample(b.logits, vocab, b.params);
+  if (twice) {
+    EXPECT_EQ(first, sample(b.logits, vocab, b.params)) << "sampling is not deterministic";
+  }
+  ExpectDrawsFollow(first, nucleus);
 }
 
 // One row of the absorbed-range case per draw found (temperature 1, top_p 1).
