@@ -221,28 +221,45 @@ StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   return f;
 }
 
-StatusOr<Tensor> SafetensorsFile::Read(std::string_view name) const {
+StatusOr<std::pair<const SafetensorsEntry*, SafetensorsDtype>> SafetensorsFile::Find(
+    std::string_view name) const {
   auto it = entries_.find(name);
   if (it == entries_.end()) {
     return Status::NotFound("tensor " + Quote(name) + " not found in " + path_);
   }
-  const SafetensorsEntry& e = it->second;
-  const std::string where = "tensor " + Quote(name) + " in " + path_;
-  StatusOr<SafetensorsDtype> dtype = ParseSafetensorsDtype(e.dtype);
-  if (!dtype.ok()) return Status::InvalidArgument(where + ": " + dtype.status().message());
+  StatusOr<SafetensorsDtype> dtype = ParseSafetensorsDtype(it->second.dtype);
+  if (!dtype.ok()) {
+    return Status::InvalidArgument("tensor " + Quote(name) + " in " + path_ + ": " +
+                                   dtype.status().message());
+  }
+  return std::make_pair(&it->second, *dtype);
+}
+
+Status SafetensorsFile::ReadBytes(std::string_view name, const SafetensorsEntry& e,
+                                  char* dst) const {
   const uint64_t nbytes = e.end - e.begin;
-  std::string raw(nbytes, '\0');
   std::ifstream in(path_, std::ios::binary);
   if (!in) return Status::NotFound("cannot open " + path_ + " to read " + Quote(name));
   in.seekg(static_cast<std::streamoff>(data_start_ + e.begin));
-  in.read(raw.data(), static_cast<std::streamsize>(nbytes));
+  in.read(dst, static_cast<std::streamsize>(nbytes));
   if (!in || static_cast<uint64_t>(in.gcount()) != nbytes) {
-    return Status::InvalidArgument(where + ": data truncated (file changed since it was opened?)");
+    return Status::InvalidArgument("tensor " + Quote(name) + " in " + path_ +
+                                   ": data truncated (file changed since it was opened?)");
   }
+  return Status::Ok();
+}
+
+StatusOr<Tensor> SafetensorsFile::Read(std::string_view name) const {
+  auto found = Find(name);
+  if (!found.ok()) return found.status();
+  const auto [e, dtype] = *found;
+  const uint64_t nbytes = e->end - e->begin;
+  std::string raw(nbytes, '\0');
+  if (Status s = ReadBytes(name, *e, raw.data()); !s.ok()) return s;
   Tensor t;
-  t.shape = e.shape;
+  t.shape = e->shape;
   const unsigned char* p = reinterpret_cast<const unsigned char*>(raw.data());
-  switch (*dtype) {
+  switch (dtype) {
     case SafetensorsDtype::kF32:
       t.data.resize(nbytes / 4);
       if (nbytes > 0) std::memcpy(t.data.data(), p, nbytes);
@@ -261,6 +278,36 @@ StatusOr<Tensor> SafetensorsFile::Read(std::string_view name) const {
       break;
   }
   return t;
+}
+
+Status SafetensorsFile::ReadBf16(std::string_view name, std::vector<uint16_t>* out) const {
+  static_assert(std::endian::native == std::endian::little,
+                "BF16 bytes are copied as they are stored: little-endian");
+  auto found = Find(name);
+  if (!found.ok()) return found.status();
+  const auto [e, dtype] = *found;
+  const uint64_t nbytes = e->end - e->begin;
+  if (dtype == SafetensorsDtype::kBF16) {
+    out->resize(nbytes / 2);
+    return ReadBytes(name, *e, reinterpret_cast<char*>(out->data()));
+  }
+  std::string raw(nbytes, '\0');
+  if (Status s = ReadBytes(name, *e, raw.data()); !s.ok()) return s;
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(raw.data());
+  if (dtype == SafetensorsDtype::kF32) {
+    out->resize(nbytes / 4);
+    for (size_t i = 0; i < out->size(); ++i) {
+      float f;
+      std::memcpy(&f, p + 4 * i, sizeof f);
+      (*out)[i] = FloatToBf16(f);
+    }
+  } else {
+    out->resize(nbytes / 2);
+    for (size_t i = 0; i < out->size(); ++i) {
+      (*out)[i] = FloatToBf16(HalfToFloat(static_cast<uint16_t>(p[2 * i] | (p[2 * i + 1] << 8))));
+    }
+  }
+  return Status::Ok();
 }
 
 StatusOr<SafetensorsCheckpoint> SafetensorsCheckpoint::Open(const std::string& path) {
@@ -339,24 +386,53 @@ std::vector<std::string> SafetensorsCheckpoint::TensorNames() const {
   return names;
 }
 
-StatusOr<Tensor> SafetensorsCheckpoint::Read(std::string_view name) const {
+StatusOr<std::pair<const SafetensorsFile*, const SafetensorsEntry*>>
+SafetensorsCheckpoint::Locate(std::string_view name) const {
   auto it = where_.find(name);
   if (it == where_.end()) {
     return Status::NotFound("tensor " + Quote(name) + " not found in " + source_);
   }
-  return files_[it->second].Read(name);
+  const SafetensorsFile& file = files_[it->second];
+  return std::make_pair(&file, &file.entries().find(name)->second);
+}
+
+namespace {
+
+Status CheckShape(std::string_view name, const SafetensorsFile& file,
+                  std::span<const int64_t> shape, std::span<const int64_t> expected_shape) {
+  if (std::equal(shape.begin(), shape.end(), expected_shape.begin(), expected_shape.end())) {
+    return Status::Ok();
+  }
+  return Status::InvalidArgument("tensor " + Quote(name) + " in " + file.path() + ": shape " +
+                                 ShapeString(shape) + ", expected " +
+                                 ShapeString(expected_shape));
+}
+
+}  // namespace
+
+StatusOr<Tensor> SafetensorsCheckpoint::Read(std::string_view name) const {
+  auto located = Locate(name);
+  if (!located.ok()) return located.status();
+  return located->first->Read(name);
 }
 
 StatusOr<Tensor> SafetensorsCheckpoint::Read(std::string_view name,
                                              std::span<const int64_t> expected_shape) const {
-  StatusOr<Tensor> t = Read(name);
-  if (!t.ok()) return t;
-  if (!std::equal(t->shape.begin(), t->shape.end(), expected_shape.begin(), expected_shape.end())) {
-    return Status::InvalidArgument(
-        "tensor " + Quote(name) + " in " + files_[where_.find(name)->second].path() + ": shape " +
-        ShapeString(t->shape) + ", expected " + ShapeString(expected_shape));
-  }
-  return t;
+  auto located = Locate(name);
+  if (!located.ok()) return located.status();
+  const auto [file, entry] = *located;
+  if (Status s = CheckShape(name, *file, entry->shape, expected_shape); !s.ok()) return s;
+  return file->Read(name);
+}
+
+Status SafetensorsCheckpoint::ReadBf16(std::string_view name,
+                                       std::span<const int64_t> expected_shape,
+                                       std::vector<uint16_t>* out) const {
+  auto located = Locate(name);
+  if (!located.ok()) return located.status();
+  const auto [file, entry] = *located;
+  if (Status s = CheckShape(name, *file, entry->shape, expected_shape); !s.ok()) return s;
+  return file->ReadBf16(name, out);
 }
 
 Status WriteSafetensors(const std::string& path, std::span<const NamedTensor> tensors,

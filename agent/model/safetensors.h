@@ -1,7 +1,8 @@
 // Safetensors: reader (and a small writer) for Hugging Face's tensor file format: a u64
 // little-endian header length N, N bytes of JSON {"name": {"dtype", "shape", "data_offsets"},
 // "__metadata__": {...}}, then the data, offsets relative to its start. BF16, F16 and F32 are
-// read into float32. A checkpoint is one file or a set of shards named by
+// read into float32, or into bf16 (ReadBf16: BF16 bytes as stored, the others rounded), one
+// tensor at a time. A checkpoint is one file or a set of shards named by
 // model.safetensors.index.json. Every malformed input is an error naming the file and, where
 // there is one, the tensor. Objects are immutable after Open: const methods are thread-safe.
 #pragma once
@@ -11,6 +12,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "agent/model/weights.h"
@@ -53,8 +55,16 @@ class SafetensorsFile {
   // The tensor as float32; NotFound when absent, InvalidArgument for a dtype other than
   // BF16/F16/F32 or a file changed since Open.
   StatusOr<Tensor> Read(std::string_view name) const;
+  // The tensor as bf16 bits in *out (resized to its element count): BF16 bytes as stored, F16
+  // and F32 rounded to nearest even. Same errors as Read.
+  Status ReadBf16(std::string_view name, std::vector<uint16_t>* out) const;
 
  private:
+  // The entry and its dtype, or Read's errors.
+  StatusOr<std::pair<const SafetensorsEntry*, SafetensorsDtype>> Find(std::string_view name) const;
+  // The tensor's bytes as stored into dst (e.end − e.begin bytes).
+  Status ReadBytes(std::string_view name, const SafetensorsEntry& e, char* dst) const;
+
   std::string path_;
   uint64_t data_start_ = 0;
   std::map<std::string, SafetensorsEntry, std::less<>> entries_;
@@ -76,8 +86,15 @@ class SafetensorsCheckpoint {
   StatusOr<Tensor> Read(std::string_view name) const;
   // Also checks the shape: "shape [a, b], expected [c, d]".
   StatusOr<Tensor> Read(std::string_view name, std::span<const int64_t> expected_shape) const;
+  // SafetensorsFile::ReadBf16, after checking the shape as Read does (before reading).
+  Status ReadBf16(std::string_view name, std::span<const int64_t> expected_shape,
+                  std::vector<uint16_t>* out) const;
 
  private:
+  // The file holding `name` and the name's entry there, or NotFound.
+  StatusOr<std::pair<const SafetensorsFile*, const SafetensorsEntry*>> Locate(
+      std::string_view name) const;
+
   std::string source_;
   std::vector<SafetensorsFile> files_;
   std::map<std::string, size_t, std::less<>> where_;  // tensor → index into files_

@@ -73,6 +73,14 @@ int64_t Product(const std::vector<int64_t>& shape) {
 
 int64_t Tensor::NumElements() const { return Product(shape); }
 
+std::vector<WeightTensorShape> WeightTensorShapes(const ModelConfig& config) {
+  ModelWeights shapes_only;
+  shapes_only.layers.resize(static_cast<size_t>(config.num_layers));
+  std::vector<WeightTensorShape> shapes;
+  for (const Slot<Tensor>& s : Slots(config, shapes_only)) shapes.push_back({s.name, s.shape});
+  return shapes;
+}
+
 std::vector<DummyTensorSpec> DummyWeightSpecs(const ModelConfig& config, uint64_t seed) {
   ModelWeights shapes_only;
   shapes_only.layers.resize(static_cast<size_t>(config.num_layers));

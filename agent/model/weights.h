@@ -36,6 +36,16 @@ struct ModelWeights {
   Tensor lm_head;     // [vocab, hidden]; empty when the config ties it to embed
 };
 
+// One tensor of the model: its Hugging Face name and shape.
+struct WeightTensorShape {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+// Every tensor of the model in checkpoint order: the embedding; per layer input_layernorm,
+// q_proj, k_proj, v_proj, o_proj, post_attention_layernorm, gate_proj, up_proj, down_proj; the
+// final norm; lm_head only when not tied.
+std::vector<WeightTensorShape> WeightTensorShapes(const ModelConfig& config);
+
 // Deterministic weights: the same (config, seed) gives the same bytes on every machine
 // (integer hash stream, IEEE arithmetic only). Projections are uniform in ±1/sqrt(fan_in),
 // norms uniform in 1 ± 0.05.

@@ -150,6 +150,35 @@ TEST_F(SafetensorsTest, ReadsF32F16Bf16Exactly) {
   EXPECT_EQ(f->Read("nope").status().code(), StatusCode::kNotFound);
 }
 
+// ReadBf16 (the cuda backend's loader): BF16 bytes exactly as stored, F16 and F32 rounded to
+// nearest even, the same bits as FloatToBf16 of what Read returns.
+TEST_F(SafetensorsTest, ReadsBf16FromEachDtype) {
+  const std::vector<uint16_t> bf16 = {0x3f80, 0xc020, 0x7fc1, 0x0001, 0xff80};  // NaN payload kept
+  const std::vector<uint16_t> f16 = {0x3c00, 0x0001, 0x7bff, 0xfc00, 0x3555};
+  const std::vector<float> f32 = {0.1f, std::bit_cast<float>(0x3f808000u),
+                                  std::bit_cast<float>(0x3f818000u), -1e30f, 3.0e38f};
+  const std::string path = Write("model.safetensors", {{"b", "BF16", {5}, U16Bytes(bf16)},
+                                                       {"h", "F16", {5}, U16Bytes(f16)},
+                                                       {"f", "F32", {5}, F32Bytes(f32)}});
+  StatusOr<SafetensorsFile> f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  std::vector<uint16_t> out(3, 0xdead);
+  ASSERT_TRUE(f->ReadBf16("b", &out).ok());
+  EXPECT_EQ(out, bf16);
+  for (const char* name : {"h", "f"}) {
+    ASSERT_TRUE(f->ReadBf16(name, &out).ok()) << name;
+    const StatusOr<Tensor> as_float = f->Read(name);
+    ASSERT_TRUE(as_float.ok());
+    ASSERT_EQ(out.size(), as_float->data.size()) << name;
+    for (size_t i = 0; i < out.size(); ++i) {
+      EXPECT_EQ(out[i], FloatToBf16(as_float->data[i])) << name << " " << i;
+    }
+  }
+  EXPECT_EQ(out[1], 0x3f80);  // F32 ties round to even: down here, up in the next
+  EXPECT_EQ(out[2], 0x3f82);
+  EXPECT_EQ(f->ReadBf16("nope", &out).code(), StatusCode::kNotFound);
+}
+
 TEST_F(SafetensorsTest, HalfConversionsRoundTripEveryValue) {
   for (uint32_t h = 0; h < 65536; ++h) {
     const float f = HalfToFloat(static_cast<uint16_t>(h));
@@ -210,6 +239,13 @@ TEST_F(SafetensorsTest, ShardedIndex) {
     Status s = c->Read("x", want).status();
     ExpectErrorNames(s, "model-00001-of-00002.safetensors", "\"x\"");
     EXPECT_NE(s.message().find("shape [2], expected [2, 1]"), std::string::npos) << s.message();
+    std::vector<uint16_t> bits;
+    ASSERT_TRUE(c->ReadBf16("y", std::vector<int64_t>{1}, &bits).ok());
+    EXPECT_EQ(bits, (std::vector<uint16_t>{0x4040}));
+    s = c->ReadBf16("x", want, &bits);
+    ExpectErrorNames(s, "model-00001-of-00002.safetensors", "\"x\"");
+    EXPECT_NE(s.message().find("shape [2], expected [2, 1]"), std::string::npos) << s.message();
+    EXPECT_EQ(c->ReadBf16("z", want, &bits).code(), StatusCode::kNotFound);
   }
 }
 
@@ -410,6 +446,31 @@ TEST_F(SafetensorsTest, SavedDummyCheckpointServesSameLogits) {
     scale = std::max(scale, static_cast<double>(std::fabs(direct[i])));
   }
   EXPECT_LT(diff / scale, 0.05);
+}
+
+// WeightTensorShapes lists what a saved checkpoint holds, in DummyWeightSpecs' order (the cuda
+// backend lays its weights out by it).
+TEST_F(SafetensorsTest, WeightTensorShapesAreTheCheckpointsTensors) {
+  for (bool tied : {true, false}) {
+    ModelConfig c = Tiny();
+    c.tie_word_embeddings = tied;
+    const std::vector<WeightTensorShape> shapes = WeightTensorShapes(c);
+    const std::vector<DummyTensorSpec> specs = DummyWeightSpecs(c, 1);
+    ASSERT_EQ(shapes.size(), specs.size());
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      EXPECT_EQ(shapes[i].name, specs[i].name);
+      EXPECT_EQ(shapes[i].shape, specs[i].shape);
+    }
+    const std::string dir = (dir_ / (tied ? "tied" : "untied")).string();
+    ASSERT_TRUE(SaveWeights(c, DummyWeights(c, 1), dir, "BF16").ok());
+    StatusOr<SafetensorsCheckpoint> ckpt = SafetensorsCheckpoint::Open(dir);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status().ToString();
+    EXPECT_EQ(ckpt->TensorNames().size(), shapes.size());
+    std::vector<uint16_t> bits;
+    for (const WeightTensorShape& t : shapes) {
+      EXPECT_TRUE(ckpt->ReadBf16(t.name, t.shape, &bits).ok()) << t.name;
+    }
+  }
 }
 
 TEST_F(SafetensorsTest, LoadWeightsNamesMissingAndMisshapenTensors) {

@@ -33,6 +33,8 @@
 #include "agent/engine/cuda/kv_cache_layout.h"
 #include "agent/engine/step_validation.h"
 #include "agent/model/rope.h"
+#include "agent/model/safetensors.h"
+#include "agent/model/weights.h"
 #include "common/log.h"
 
 namespace pdpool::agent {
@@ -269,28 +271,18 @@ class CudaBackend final : public Backend {
     int64_t elements = 0;
   };
 
+  // One allocation for every tensor, in checkpoint order, so that q/k/v form one fused QKV
+  // matrix and gate/up one gate/up matrix.
   StatusOr<std::map<std::string, WeightSlot>> PlanWeights() {
     const ModelConfig& c = options_.model;
-    const int64_t h = c.hidden_size, inter = c.intermediate_size, v = c.vocab_size;
-    const int64_t q = int64_t{c.num_heads} * c.head_dim, kv = int64_t{c.num_kv_heads} * c.head_dim;
-    std::vector<std::pair<std::string, int64_t>> sizes;
-    sizes.emplace_back("model.embed_tokens.weight", v * h);
-    for (int i = 0; i < c.num_layers; ++i) {
-      const std::string p = "model.layers." + std::to_string(i) + ".";
-      sizes.emplace_back(p + "input_layernorm.weight", h);
-      sizes.emplace_back(p + "self_attn.q_proj.weight", q * h);   // the three are adjacent:
-      sizes.emplace_back(p + "self_attn.k_proj.weight", kv * h);  // one fused QKV matrix
-      sizes.emplace_back(p + "self_attn.v_proj.weight", kv * h);
-      sizes.emplace_back(p + "self_attn.o_proj.weight", h * q);
-      sizes.emplace_back(p + "post_attention_layernorm.weight", h);
-      sizes.emplace_back(p + "mlp.gate_proj.weight", inter * h);  // adjacent: fused gate/up
-      sizes.emplace_back(p + "mlp.up_proj.weight", inter * h);
-      sizes.emplace_back(p + "mlp.down_proj.weight", h * inter);
-    }
-    sizes.emplace_back("model.norm.weight", h);
-    if (!c.tie_word_embeddings) sizes.emplace_back("lm_head.weight", v * h);
     int64_t total = 0;
-    for (const auto& [name, n] : sizes) total += n;
+    std::vector<std::pair<std::string, int64_t>> sizes;
+    for (const WeightTensorShape& t : WeightTensorShapes(c)) {
+      int64_t n = 1;
+      for (int64_t d : t.shape) n *= d;
+      sizes.emplace_back(t.name, n);
+      total += n;
+    }
     PDPOOL_RETURN_IF_NOT_OK(
         weights_.Allocate(static_cast<size_t>(total) * sizeof(bf16), "model weights"));
     std::map<std::string, WeightSlot> slots;
@@ -338,39 +330,16 @@ class CudaBackend final : public Backend {
       }
       return Status::Ok();
     }
-    // A checkpoint: float32 on the host (LoadWeights converts any dtype), bf16 on the GPU.
-    auto host = agent::LoadWeights(options_.model, spec);
-    if (!host.ok()) return host.status();
-    std::vector<std::pair<std::string, const Tensor*>> tensors;
-    tensors.emplace_back("model.embed_tokens.weight", &host->embed);
-    for (int i = 0; i < options_.model.num_layers; ++i) {
-      const LayerWeights& l = host->layers[static_cast<size_t>(i)];
-      const std::string p = "model.layers." + std::to_string(i) + ".";
-      tensors.emplace_back(p + "input_layernorm.weight", &l.attn_norm);
-      tensors.emplace_back(p + "self_attn.q_proj.weight", &l.wq);
-      tensors.emplace_back(p + "self_attn.k_proj.weight", &l.wk);
-      tensors.emplace_back(p + "self_attn.v_proj.weight", &l.wv);
-      tensors.emplace_back(p + "self_attn.o_proj.weight", &l.wo);
-      tensors.emplace_back(p + "post_attention_layernorm.weight", &l.mlp_norm);
-      tensors.emplace_back(p + "mlp.gate_proj.weight", &l.w_gate);
-      tensors.emplace_back(p + "mlp.up_proj.weight", &l.w_up);
-      tensors.emplace_back(p + "mlp.down_proj.weight", &l.w_down);
-    }
-    tensors.emplace_back("model.norm.weight", &host->final_norm);
-    if (!options_.model.tie_word_embeddings) tensors.emplace_back("lm_head.weight", &host->lm_head);
-    std::vector<bf16> converted;
-    for (const auto& [name, tensor] : tensors) {
-      const WeightSlot& slot = (*slots)[name];
-      if (static_cast<int64_t>(tensor->data.size()) != slot.elements) {
-        return Status::InvalidArgument("cuda backend: tensor " + name + " has " +
-                                       std::to_string(tensor->data.size()) + " values, expected " +
-                                       std::to_string(slot.elements));
-      }
-      converted.resize(tensor->data.size());
-      for (size_t i = 0; i < converted.size(); ++i)
-        converted[i] = __float2bfloat16(tensor->data[i]);
-      PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpy(
-          slot.dst, converted.data(), converted.size() * sizeof(bf16), cudaMemcpyHostToDevice));
+    // A checkpoint: one tensor at a time, as bf16, through one host buffer (the largest
+    // tensor, about 1 GB for Llama-3's embedding), never the whole model in host memory.
+    auto checkpoint = SafetensorsCheckpoint::Open(spec);
+    if (!checkpoint.ok()) return checkpoint.status();
+    std::vector<uint16_t> host;
+    for (const WeightTensorShape& t : WeightTensorShapes(options_.model)) {
+      PDPOOL_RETURN_IF_NOT_OK(checkpoint->ReadBf16(t.name, t.shape, &host));
+      const WeightSlot& slot = (*slots)[t.name];
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpy(slot.dst, host.data(), host.size() * sizeof(uint16_t),
+                                             cudaMemcpyHostToDevice));
     }
     return Status::Ok();
   }

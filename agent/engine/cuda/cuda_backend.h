@@ -35,7 +35,9 @@ StatusOr<PrefillAttention> ParsePrefillAttention(const std::string& name);
 struct CudaBackendOptions {
   ModelConfig model;
   // "dummy:<seed>" generates DummyWeights' exact values on the GPU (rounded to bf16) without a
-  // host copy; anything else is a safetensors path read through LoadWeights.
+  // host copy; anything else is a safetensors checkpoint (LoadWeights' paths), read one tensor
+  // at a time as bf16 (BF16 bytes as stored, F16/F32 rounded to nearest even): host memory
+  // holds at most the largest tensor, never the model.
   std::string weights = "dummy:0";
   int device = 0;  // CUDA ordinal (after CUDA_VISIBLE_DEVICES)
   int block_size = 16;

@@ -42,7 +42,7 @@ template <typename T>
 __device__ __forceinline__ void Store16(T* p, const uint4& v) {
 #if defined(PDPOOL_CUDA_EMULATION)
   CheckAligned16(p);
-  memcpy(p, &v, sizeof(v));
+  memcpy(static_cast<void*>(p), &v, sizeof(v));
 #else
   *reinterpret_cast<uint4*>(p) = v;
 #endif
@@ -54,7 +54,7 @@ __device__ __forceinline__ void Bf16x8ToFloats(const uint4& v, float (&f)[8]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     __nv_bfloat162 pair;
-    memcpy(&pair, &words[i], sizeof(pair));
+    memcpy(static_cast<void*>(&pair), &words[i], sizeof(pair));
     const float2 two = __bfloat1622float2(pair);
     f[2 * i] = two.x;
     f[2 * i + 1] = two.y;
