@@ -97,8 +97,8 @@ WorkerCommand::WorkerCommand(CLI::App& app) {
                 "measured at load), cublas or skinny")
       ->capture_default_str();
   c->add_option("--prefill-attention", backend_.prefill_attention,
-                "cuda: prefill attention kernel: auto (wgmma on compute capability 9.0, mma "
-                "elsewhere), mma or wgmma")
+                "cuda: prefill attention kernel: auto (where wgmma runs, compute capability "
+                "9.0, the faster of wgmma and mma measured at load; mma elsewhere), mma or wgmma")
       ->capture_default_str();
   c->add_option("--block-size", backend_.block_size, "KV block size in tokens")
       ->capture_default_str();

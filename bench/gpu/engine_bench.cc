@@ -732,7 +732,8 @@ int main(int argc, char** argv) {
                  "logged), cublas or skinny")
       ->capture_default_str();
   app.add_option("--prefill-attention", opt.prefill_attention,
-                 "prefill attention kernel: auto (wgmma on compute capability 9.0), mma or wgmma")
+                 "prefill attention kernel: auto (the faster of wgmma and mma at load, where "
+                 "wgmma runs), mma or wgmma")
       ->capture_default_str();
   app.add_option("--decode-warmup", opt.decode_warmup)->capture_default_str();
   app.add_option("--decode-steps", opt.decode_steps, "timed decode steps per case")

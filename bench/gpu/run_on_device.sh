@@ -226,6 +226,11 @@ for r in rep.get("rows", []):
           + (f"  [{r['error'][:60]}]" if r.get("error") else ""))
 EOF
   done
+  if grep -q "chosen by measurement\|disagrees" "$OUT/run.log" 2>/dev/null; then
+    echo "-- kernels chosen at load (engine_bench's log; first of each)"
+    grep -h "prefill attention chosen by measurement\|disagrees" "$OUT/run.log" | head -2
+    grep -h "decode GEMMs chosen by measurement" "$OUT/run.log" | head -4
+  fi
   if [ -s "$SAMPLING_JSON" ]; then
     echo "-- sampling_bench (vs transformers' sampling on torch)"
     "$PY" - "$SAMPLING_JSON" <<'EOF'

@@ -1,8 +1,10 @@
 // The cuda backend's whole forward against the cpu backend (the float32 oracle) on the same
 // bf16-rounded dummy weights and fresh random prompts: prefill logits, decode continuation
-// through captured graphs (with the decode GEMMs on cuBLAS, on the skinny GEMM, and as measured),
+// through captured graphs (decode GEMMs on cuBLAS, on the skinny GEMM and as measured; prefill
+// attention on mma.sync, on wgmma and as measured),
 // chunked prefill, graph replay against eager runs, KV export/import
 // between two backends, and the errors a caller sees. Label gpu; skips without a GPU.
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <memory>
@@ -13,6 +15,7 @@
 #include "agent/engine/backend.h"
 #include "agent/engine/cpu/cpu_backend.h"
 #include "agent/engine/cuda/cuda_backend.h"
+#include "agent/engine/cuda/kernels.h"
 #include "agent/model/weights.h"
 #include "tests/gpu/gpu_test_support.h"
 
@@ -106,7 +109,8 @@ class CudaBackendTest : public ::testing::Test {
 };
 
 // Decode steps of 5 sequences take the GEMMs that decode_gemm says (steps of at most 8 rows);
-// the prefill takes the attention kernel prefill_attention says (auto: wgmma on Hopper).
+// the prefill takes the attention kernel prefill_attention says (auto: the faster of the two
+// at load where wgmma runs; wgmma is skipped on GPUs other than compute capability 9.0).
 struct KernelChoice {
   DecodeGemm decode_gemm;
   PrefillAttention prefill_attention;
@@ -118,6 +122,14 @@ class CudaBackendKernelChoiceTest : public ::testing::TestWithParam<KernelChoice
 };
 
 TEST_P(CudaBackendKernelChoiceTest, PrefillAndDecodeMatchTheCpuBackend) {
+  if (GetParam().prefill_attention == PrefillAttention::kWgmma) {
+    cudaDeviceProp prop{};
+    ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+    if (!cuda::WgmmaPrefillAttentionSupported(prop.major, prop.minor)) {
+      GTEST_SKIP() << "wgmma needs compute capability 9.0; " << prop.name << " has " << prop.major
+                   << "." << prop.minor;
+    }
+  }
   const uint64_t seed = FreshSeed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
@@ -158,7 +170,7 @@ INSTANTIATE_TEST_SUITE_P(
     Kernels, CudaBackendKernelChoiceTest,
     ::testing::Values(KernelChoice{DecodeGemm::kAuto, PrefillAttention::kAuto, "auto"},
                       KernelChoice{DecodeGemm::kCublas, PrefillAttention::kMma, "cublas_mma"},
-                      KernelChoice{DecodeGemm::kSkinny, PrefillAttention::kAuto, "skinny"}),
+                      KernelChoice{DecodeGemm::kSkinny, PrefillAttention::kWgmma, "skinny_wgmma"}),
     [](const ::testing::TestParamInfo<KernelChoice>& info) { return info.param.name; });
 
 TEST_F(CudaBackendTest, ChunkedPrefillEqualsOneShotPrefill) {

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <numeric>
 #include <set>
 #include <string>
 #include <utility>
@@ -70,6 +71,27 @@ constexpr int kGraphBuckets[] = {1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 16
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
 
 size_t AlignUp(size_t n) { return (n + 255) / 256 * 256; }
+
+// Two CUDA events that time work on a stream, destroyed with the object.
+struct TimingEvents {
+  cudaEvent_t start = nullptr;
+  cudaEvent_t stop = nullptr;
+  Status Create() {
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
+    PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
+    return Status::Ok();
+  }
+  ~TimingEvents() {
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+  }
+};
+
+// --prefill-attention auto times both prefill kernels on a causal prompt of at most this many
+// tokens, and refuses a wgmma output whose relative L2 difference from mma.sync's exceeds the
+// bound (bf16 rounding of the outputs gives about 3e-3).
+constexpr int kPrefillChoiceTokens = 4096;
+constexpr double kPrefillKernelsAgree = 1e-2;
 
 // Device addresses of one layer's weights (views into the one weight allocation).
 struct LayerWeightsDevice {
@@ -188,6 +210,7 @@ class CudaBackend final : public Backend {
     PDPOOL_RETURN_IF_NOT_OK(AllocateActivations());
     PDPOOL_RETURN_IF_NOT_OK(ChooseDecodeGemms());
     PDPOOL_RETURN_IF_NOT_OK(AllocateKvCache());
+    PDPOOL_RETURN_IF_NOT_OK(ChoosePrefillAttention());
     PDPOOL_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
     return Status::Ok();
   }
@@ -403,7 +426,8 @@ class CudaBackend final : public Backend {
     const int64_t max_blocks_per_seq =
         (max_model_len_ + options_.block_size - 1) / options_.block_size;
     block_table_capacity_ = s * max_blocks_per_seq + 1;
-    tile_capacity_ = n / prefill_tile_rows_ + s;
+    // Room for the smaller tiles: ChoosePrefillAttention may still move to mma.sync's.
+    tile_capacity_ = n / std::min(cuda::kPrefillTileRows, cuda::kWgmmaPrefillTileRows) + s;
     size_t at = 0;
     auto reserve = [&](size_t bytes) {
       const size_t offset = at;
@@ -677,19 +701,9 @@ class CudaBackend final : public Backend {
     for (DeviceBuffer* in : {&xn_, &attn_, &act_, &xsn_}) {
       PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(in->get(), 0, in->bytes(), stream_));
     }
-    cudaEvent_t start = nullptr, stop = nullptr;
-    PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
-    if (const cudaError_t e = cudaEventCreate(&stop); e != cudaSuccess) {
-      cudaEventDestroy(start);
-      PDPOOL_CUDA_RETURN_IF_ERROR(e);
-    }
-    Status timed = TimeDecodeGemms(most_rows, start, stop);
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    return timed;
-  }
-
-  Status TimeDecodeGemms(int most_rows, cudaEvent_t start, cudaEvent_t stop) {
+    TimingEvents events;
+    PDPOOL_RETURN_IF_NOT_OK(events.Create());
+    const cudaEvent_t start = events.start, stop = events.stop;
     const int layers = options_.model.num_layers;
     int previous = 0;
     for (const int rows : kTimedRows) {
@@ -727,6 +741,85 @@ class CudaBackend final : public Backend {
       LogInfo("cuda backend: decode GEMMs chosen by measurement",
               {{"rows", timed_rows}, {"choice", report}});
       previous = timed_rows;
+    }
+    return Status::Ok();
+  }
+
+  // --prefill-attention auto where wgmma runs: times the wgmma and mma.sync prefill attention on
+  // one causal prompt (random queries and keys/values in layer 0 of the first cache blocks,
+  // before any sequence owns one) and takes the faster. A wgmma output that differs from
+  // mma.sync's beyond kPrefillKernelsAgree, or is not finite, is refused with an error in the
+  // log, and mma.sync serves.
+  Status ChoosePrefillAttention() {
+    if (options_.prefill_attention != PrefillAttention::kAuto || !wgmma_prefill_) {
+      return Status::Ok();
+    }
+    const ModelConfig& c = options_.model;
+    const int bs = options_.block_size;
+    const int tokens = std::min({kPrefillChoiceTokens, options_.max_batched_tokens,
+                                 layout_.num_blocks * bs, max_model_len_});
+    if (tokens < 2) return Status::Ok();  // no room for a prompt: keep wgmma
+    const int blocks = (tokens + bs - 1) / bs;
+    const int64_t q_elements = int64_t{tokens} * c.num_heads * c.head_dim;
+    PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchDummyInit(q_.get<bf16>(), q_elements, 1, 1.0, 0.0, stream_));
+    PDPOOL_RETURN_IF_NOT_OK(cuda::LaunchDummyInit(
+        kv_cache_.get<bf16>(), int64_t{blocks} * region_.block_bytes / int64_t{sizeof(bf16)}, 2,
+        1.0, 0.0, stream_));
+    StepBatch batch;
+    SequenceStep& prompt = batch.sequences.emplace_back();
+    prompt.tokens.assign(static_cast<size_t>(tokens), 0);
+    prompt.block_table.resize(static_cast<size_t>(blocks));
+    std::iota(prompt.block_table.begin(), prompt.block_table.end(), 0);
+    prompt.sample = false;
+
+    TimingEvents events;
+    PDPOOL_RETURN_IF_NOT_OK(events.Create());
+    float us[2] = {0, 0};  // mma.sync, wgmma
+    std::vector<bf16> out[2];
+    for (int wgmma = 0; wgmma < 2; ++wgmma) {
+      prefill_tile_rows_ = wgmma ? cuda::kWgmmaPrefillTileRows : cuda::kPrefillTileRows;
+      auto plan = PlanStep(batch);
+      if (!plan.ok()) return plan.status();
+      PDPOOL_RETURN_IF_NOT_OK(Upload(*plan));
+      auto launch = [&]() {
+        return (wgmma ? cuda::LaunchPrefillAttentionWgmma : cuda::LaunchPrefillAttention)(
+            q_.get<bf16>(), Dev<cuda::SeqMeta>(arrays_.meta), Dev<int2>(arrays_.tiles),
+            plan->num_tiles, Dev<int32_t>(arrays_.block_tables), kv_cache_.get<bf16>(),
+            geometry_, c.num_heads, attn_.get<bf16>(), stream_);
+      };
+      PDPOOL_RETURN_IF_NOT_OK(launch());
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventRecord(events.start, stream_));
+      for (int i = 0; i < 3; ++i) PDPOOL_RETURN_IF_NOT_OK(launch());
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventRecord(events.stop, stream_));
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events.stop));
+      float ms = 0;
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, events.start, events.stop));
+      us[wgmma] = 1e3f * ms / 3;
+      out[wgmma].resize(static_cast<size_t>(q_elements));
+      PDPOOL_CUDA_RETURN_IF_ERROR(cudaMemcpy(out[wgmma].data(), attn_.get(),
+                                             out[wgmma].size() * sizeof(bf16),
+                                             cudaMemcpyDeviceToHost));
+    }
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < out[0].size(); ++i) {
+      const double a = __bfloat162float(out[1][i]), b = __bfloat162float(out[0][i]);
+      diff += (a - b) * (a - b);
+      norm += b * b;
+    }
+    const double relative = std::sqrt(diff / norm);  // NaN when either output has one
+    const bool agree = relative <= kPrefillKernelsAgree;
+    wgmma_prefill_ = agree && us[1] <= us[0];
+    prefill_tile_rows_ = wgmma_prefill_ ? cuda::kWgmmaPrefillTileRows : cuda::kPrefillTileRows;
+    const std::initializer_list<LogField> fields = {
+        {"tokens", tokens},          {"wgmma_us", us[1]},
+        {"mma_us", us[0]},           {"relative_difference", relative},
+        {"choice", wgmma_prefill_ ? "wgmma" : "mma"}};
+    if (agree) {
+      LogInfo("cuda backend: prefill attention chosen by measurement", fields);
+    } else {
+      LogError("cuda backend: the wgmma prefill attention disagrees with mma.sync's; "
+               "serving with mma.sync",
+               fields);
     }
     return Status::Ok();
   }

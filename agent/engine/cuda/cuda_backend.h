@@ -27,7 +27,9 @@ enum class DecodeGemm { kAuto, kCublas, kSkinny };
 StatusOr<DecodeGemm> ParseDecodeGemm(const std::string& name);
 
 // Which kernel runs prefill attention: flash-attention-2 style on mma.sync (any sm_80+ GPU), or
-// on Hopper's warpgroup MMA (compute capability 9.0 only); kAuto takes wgmma where it runs.
+// on Hopper's warpgroup MMA (compute capability 9.0 only). kAuto, where wgmma runs, times both
+// at load on a causal prompt and takes the faster, unless wgmma's output differs from mma.sync's
+// beyond bf16 rounding (logged as an error); mma.sync elsewhere.
 enum class PrefillAttention { kAuto, kMma, kWgmma };
 // "auto", "mma" or "wgmma"; InvalidArgument naming the choices otherwise.
 StatusOr<PrefillAttention> ParsePrefillAttention(const std::string& name);
