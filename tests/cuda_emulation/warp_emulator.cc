@@ -525,6 +525,27 @@ struct AccumulatorWrite {
   std::vector<uint32_t> bits;  // [i * n/2 + j]
 };
 
+// One thread's registers that the warpgroup's wgmmas have used (an accumulator array, or the
+// four A-fragment registers of an RS wgmma), with the bits each held at the last wgmma.fence or
+// the last wgmma write to it. A later wgmma that finds one of them different was preceded by the
+// thread's write with no wgmma.fence since: the ISA requires one between a thread's register
+// access and a wgmma.mma_async that accesses the register.
+struct TrackedRegisters {
+  const uint32_t* p = nullptr;
+  int count = 0;
+  std::vector<uint32_t> bits;
+  std::vector<uint8_t> known;  // bits[j] holds a value from a fence or a wgmma write
+};
+
+// Reads tracked registers at a wgmma.fence. They may belong to a loop body's array whose
+// iteration has ended (its storage is reused at the next one): AddressSanitizer must not report
+// that read, and volatile keeps the compiler from making it a memcpy call that it would check.
+__attribute__((no_sanitize_address)) void ReadRegisterBits(const uint32_t* p, int count,
+                                                           uint32_t* out) {
+  const volatile uint32_t* v = p;
+  for (int j = 0; j < count; ++j) out[j] = v[j];
+}
+
 // The per-warpgroup rendezvous and wgmma state.
 struct WarpgroupSlot {
   WarpgroupOp op = WarpgroupOp::kNone;
@@ -544,6 +565,7 @@ struct WarpgroupSlot {
   std::vector<Wgmma> open;                   // issued, not yet committed
   std::deque<std::vector<Wgmma>> committed;  // wgmma-groups, oldest first
   std::vector<AccumulatorWrite> written_since_fence;
+  std::vector<TrackedRegisters> tracked[kWarpgroupSize];  // per thread (tid % 128)
 };
 
 class Runtime {
@@ -588,6 +610,7 @@ class Runtime {
       group.open.clear();
       group.committed.clear();
       group.written_since_fence.clear();
+      for (auto& per_thread : group.tracked) per_thread.clear();
     }
     current = -1;
     exited = barrier_arrived = 0;
@@ -1314,6 +1337,12 @@ class Runtime {
         // registers at completion anyway; it only remembers that the fence happened.
         slot->fenced = true;
         slot->written_since_fence.clear();
+        for (auto& per_thread : slot->tracked) {
+          for (TrackedRegisters& t : per_thread) {
+            ReadRegisterBits(t.p, t.count, t.bits.data());
+            std::fill(t.known.begin(), t.known.end(), uint8_t{1});
+          }
+        }
         return;
       case WarpgroupOp::kCommit:
         slot->committed.push_back(std::move(slot->open));
@@ -1355,6 +1384,7 @@ class Runtime {
           for (Wgmma& later : later_batch) ForwardResult(batch[i], result, &later);
         }
         for (Wgmma& later : slot->open) ForwardResult(batch[i], result, &later);
+        UpdateTrackedRegisters(batch[i], result, slot);
         RecordAccumulatorWrite(batch[i], std::move(result), slot);
       }
     }
@@ -1580,9 +1610,78 @@ class Runtime {
     }
     ReadOperand(group, serial, false, op.b_address, &op.b_bits);
     CheckAccumulatorsFenced(group, *slot, op);
+    CheckTrackedRegisters(group, *slot, op);
+    TrackRegisters(op, slot);
     slot->issued = serial;
     slot->open.push_back(std::move(op));
     ++stats.warpgroup_mmas;
+  }
+
+  // Calls fn(j_tracked, j_op) for each register of `t` that is also one of the `count` registers
+  // at `registers`.
+  template <typename Fn>
+  static void ForEachTracked(const TrackedRegisters& t, const void* registers, int count, Fn fn) {
+    ForEachShared(reinterpret_cast<const float*>(t.p), t.count,
+                  static_cast<const float*>(registers), count, fn);
+  }
+
+  // A wgmma's registers that a thread wrote after the last wgmma.fence, and after the last wgmma
+  // that wrote them: the values differ from the tracked ones.
+  void CheckTrackedRegisters(int group, const WarpgroupSlot& slot, const Wgmma& op) {
+    const int half = op.n / 2;
+    for (int i = 0; i < kWarpgroupSize; ++i) {
+      for (const TrackedRegisters& t : slot.tracked[i]) {
+        auto check = [&](const uint32_t* registers, int count, const char* what) {
+          ForEachTracked(t, registers, count, [&](int j_tracked, int j) {
+            const auto jt = static_cast<size_t>(j_tracked);
+            if (t.known[jt] == 0 || registers[j] == t.bits[jt]) return;
+            Fail(Format(
+                "%s: wgmma.mma_async #%llu: its %s[%d] was written by the thread (0x%08x at the "
+                "last wgmma.fence or wgmma write, now 0x%08x) with no wgmma.fence "
+                "(WarpgroupFence) since: the ISA requires a wgmma.fence between a register "
+                "access and a wgmma.mma_async that accesses the same register",
+                Who(group * kWarpgroupSize + i).c_str(), static_cast<unsigned long long>(op.serial),
+                what, j, t.bits[jt], registers[j]));
+          });
+        };
+        check(reinterpret_cast<const uint32_t*>(op.d[i]), half, "accumulator d");
+        if (op.a_in_registers) check(op.a[i], 4, "A register a");
+      }
+    }
+  }
+
+  // Starts tracking the registers of a wgmma just issued (their values become known at its
+  // completion or at the next wgmma.fence).
+  static void TrackRegisters(const Wgmma& op, WarpgroupSlot* slot) {
+    for (int i = 0; i < kWarpgroupSize; ++i) {
+      auto track = [&](const uint32_t* p, int count) {
+        for (const TrackedRegisters& t : slot->tracked[i]) {
+          if (t.p == p && t.count == count) return;
+        }
+        TrackedRegisters t;
+        t.p = p;
+        t.count = count;
+        t.bits.assign(static_cast<size_t>(count), 0);
+        t.known.assign(static_cast<size_t>(count), 0);
+        slot->tracked[i].push_back(std::move(t));
+      };
+      track(reinterpret_cast<const uint32_t*>(op.d[i]), op.n / 2);
+      if (op.a_in_registers) track(op.a[i], 4);
+    }
+  }
+
+  // A completed wgmma's accumulator values are what the tracked registers now hold.
+  static void UpdateTrackedRegisters(const Wgmma& done, const std::vector<uint32_t>& result,
+                                     WarpgroupSlot* slot) {
+    const int half = done.n / 2;
+    for (int i = 0; i < kWarpgroupSize; ++i) {
+      for (TrackedRegisters& t : slot->tracked[i]) {
+        ForEachTracked(t, done.d[i], half, [&](int j_tracked, int j) {
+          t.bits[static_cast<size_t>(j_tracked)] = result[static_cast<size_t>(i * half + j)];
+          t.known[static_cast<size_t>(j_tracked)] = 1;
+        });
+      }
+    }
   }
 
   // The ISA requires a wgmma.fence between a thread's access to a register and a wgmma.mma_async

@@ -33,8 +33,8 @@
 //    whose thread has not executed fence.proxy.async since; a thread changing the accumulators or A
 //    registers, or the shared operands changing, between a wgmma's issue and its completion
 //    ("registers of an in-flight wgmma were modified"); a wgmma before any wgmma.fence, or on
-//    accumulators the thread changed since a wgmma wrote them with no wgmma.fence in between; a
-//    thread returning while wgmmas of its warpgroup are pending (uncommitted or not waited for).
+//    accumulators or A registers the thread changed since the last wgmma.fence or wgmma write to
+//    them; a thread returning while wgmmas of its warpgroup are pending (uncommitted or not waited for).
 //  - any exception thrown by the kernel body in any thread.
 //
 // Semantics implemented (from NVIDIA's PTX ISA, restated)
@@ -116,9 +116,10 @@
 //   values. At issue it snapshots d, the A registers and the shared operands; at completion each
 //   must be unchanged (except accumulators written by an earlier wgmma of the warpgroup: those
 //   the ISA orders). wgmma.fence (WarpgroupFence) has no effect on the emulation; the emulator
-//   checks only that one precedes the warpgroup's first wgmma and that no accumulator a thread
-//   changed after a wgmma wrote it is passed to a wgmma before the next wgmma.fence (reads of
-//   registers, and changes to A registers, are not tracked). fence.proxy.async.shared::cta
+//   checks that one precedes the warpgroup's first wgmma, and that no register a thread wrote
+//   reaches a wgmma (as accumulator or A fragment) without a wgmma.fence after the write: it
+//   remembers each thread's registers that wgmmas used, with their values at the last fence or
+//   wgmma write, and a wgmma that finds one changed fails. Reads of registers are not tracked. fence.proxy.async.shared::cta
 //   (FenceProxyAsyncShared) is per thread: wgmma may not read shared bytes that a thread's
 //   cp.async landed in (at its wait_group) until that thread has executed it; st.shared writes
 //   are not tracked, nor whether a __syncthreads published the fence to the issuing warpgroup.

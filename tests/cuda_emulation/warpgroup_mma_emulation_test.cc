@@ -628,6 +628,47 @@ TEST(WarpgroupMmaEmulation, FenceRulesAreChecked) {
                                   "to 16) with no wgmma.fence"});
     }
   }
+  // A thread's write after a wgmma.fence is seen too, though that fence ended the bookkeeping of
+  // older wgmma writes: accumulators scaled after it, or an RS wgmma's A registers rewritten
+  // after it, then used by a wgmma with no fence between.
+  for (bool fence : {false, true}) {
+    for (bool change_a : {false, true}) {
+      auto run = [fence, change_a] {
+        RunGrid(dim3(1), kWarpgroup, kOnesSharedBytes, [fence, change_a](unsigned char* shared) {
+          const OnesOperands ops = PlaceOnes(shared, static_cast<int>(threadIdx.x), kWarpgroup);
+          __syncthreads();
+          float d[32] = {};
+          constexpr uint32_t kOnes = kBf16One | (uint32_t{kBf16One} << 16);
+          uint32_t a[4] = {kOnes, kOnes, kOnes, kOnes};
+          kernel::WarpgroupFence();
+          kernel::WarpgroupMmaRS64<false>(d, a, ops.desc_b, true);
+          kernel::WarpgroupCommit();
+          kernel::WarpgroupWait<0>();
+          kernel::WarpgroupFence();
+          if (threadIdx.x == 5) {
+            if (change_a) {
+              a[2] = 0;
+            } else {
+              d[1] *= 0.5f;
+            }
+          }
+          if (fence) kernel::WarpgroupFence();
+          kernel::WarpgroupMmaRS64<false>(d, a, ops.desc_b, true);
+          kernel::WarpgroupCommit();
+          kernel::WarpgroupWait<0>();
+        });
+      };
+      if (fence) {
+        EXPECT_NO_THROW(run());
+      } else {
+        ExpectErrorContaining(
+            run, {"thread 5 (warp 0, lane 5)", "wgmma.mma_async #2",
+                  change_a ? "its A register a[2] was written by the thread (0x3f803f80"
+                           : "its accumulator d[1] was written by the thread",
+                  "with no wgmma.fence"});
+      }
+    }
+  }
   // Operands landed by cp.async are readable by wgmma only after the copying thread's
   // fence.proxy.async.
   struct alignas(16) Ones {
