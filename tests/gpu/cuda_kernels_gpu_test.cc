@@ -215,12 +215,6 @@ TEST_F(SamplingKernelTest, TopPDrawsFollowTheNucleusDistribution) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   std::mt19937_64 rng(seed);
   ExpectNucleusDraws(sampler_, NormalRow(rng, 40), seed, 20000, 0.8, 0.7, 0, true);
-}
-
-TEST_F(SamplingKernelTest, TopPOverALargeVocabulary) {
-  const uint64_t seed = FreshSeed();
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  std::mt19937_64 rng(seed);
   ExpectNucleusDraws(sampler_, NormalRow(rng, 32768), seed, 4000, 0.7, 0.9, 0, true);
 }
 
