@@ -31,6 +31,7 @@ using ::pdpool::cuda_emulation::ClearGlobals;
 using ::pdpool::cuda_emulation::RegisterGlobal;
 using ::pdpool::cuda_emulation::RunGrid;
 using ::pdpool::cuda_emulation::SetScheduleSeed;
+using ::pdpool::testing::DescribeMismatch;
 using ::pdpool::testing::FreshSeed;
 using ::pdpool::testing::MakeCase;
 using ::pdpool::testing::PagedCase;
@@ -137,7 +138,8 @@ void ExpectPrefillMatchesReference(int head_dim, int group, bool wgmma) {
   } else {
     out = head_dim == 128 ? RunPrefill<128>(c, tiles) : RunPrefill<64>(c, tiles);
   }
-  EXPECT_LE(RelativeError(ToFloat(out), Reference(c)), 1e-2);
+  const std::vector<float> got = ToFloat(out), ref = Reference(c);
+  EXPECT_LE(RelativeError(got, ref), 1e-2) << DescribeMismatch(got, ref, c.num_heads, head_dim);
 }
 
 TEST_P(EmulatedAttentionTest, PrefillMatchesFloat64Reference) {
@@ -167,7 +169,8 @@ TEST_P(EmulatedAttentionTest, DecodeMatchesFloat64Reference) {
     SCOPED_TRACE("num_splits " + std::to_string(splits));
     const std::vector<bf16> out =
         head_dim == 128 ? RunDecode<128>(c, splits) : RunDecode<64>(c, splits);
-    EXPECT_LE(RelativeError(ToFloat(out), ref), 1e-2);
+    const std::vector<float> got = ToFloat(out);
+    EXPECT_LE(RelativeError(got, ref), 1e-2) << DescribeMismatch(got, ref, c.num_heads, head_dim);
   }
 }
 

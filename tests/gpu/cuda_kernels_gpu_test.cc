@@ -31,6 +31,7 @@ using ::pdpool::testing::AbsorbedRangeBatch;
 using ::pdpool::testing::AbsorbedRangeCase;
 using ::pdpool::testing::AbsorbedRangeDraws;
 using ::pdpool::testing::CpuGreedy;
+using ::pdpool::testing::DescribeMismatch;
 using ::pdpool::testing::ExpectAllInAbsorbedRange;
 using ::pdpool::testing::ExpectNucleusDraws;
 using ::pdpool::testing::ExpectSkinnyGemmOutput;
@@ -113,8 +114,9 @@ TEST_P(AttentionKernelTest, DecodeMatchesFloat64Reference) {
                                       out.ptr, nullptr)
                     .ok());
     ASSERT_CUDA(cudaDeviceSynchronize());
-    const double error = RelativeError(ToFloat(out.Download()), ref);
-    EXPECT_LE(error, 1e-2);
+    const std::vector<float> got = ToFloat(out.Download());
+    const double error = RelativeError(got, ref);
+    EXPECT_LE(error, 1e-2) << DescribeMismatch(got, ref, c.num_heads, head_dim);
     RecordProperty("decode_rel_error_splits_" + std::to_string(splits), std::to_string(error));
   }
 }
@@ -160,8 +162,9 @@ TEST_P(AttentionKernelTest, PrefillMatchesFloat64Reference) {
             c.g, c.num_heads, out.ptr, nullptr);
     ASSERT_TRUE(launched.ok()) << launched.ToString();
     ASSERT_CUDA(cudaDeviceSynchronize());
-    const double error = RelativeError(ToFloat(out.Download()), ref);
-    EXPECT_LE(error, 1e-2);
+    const std::vector<float> got = ToFloat(out.Download());
+    const double error = RelativeError(got, ref);
+    EXPECT_LE(error, 1e-2) << DescribeMismatch(got, ref, c.num_heads, head_dim);
     RecordProperty(wgmma ? "prefill_wgmma_rel_error" : "prefill_rel_error", std::to_string(error));
   }
 }

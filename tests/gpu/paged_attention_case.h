@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <numeric>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -106,6 +107,42 @@ inline std::vector<float> Reference(const PagedCase& c) {
     }
   }
   return out;
+}
+
+// Where an attention output differs from its reference, for a failure message: how many
+// elements are off by more than 5% of the reference's RMS (NaN included), the first of them, and
+// which rows (mod 128, in blocks of 16) and which dimensions (in blocks of 8) they fall in. A
+// layout error in a kernel (a swizzle, a descriptor, a tile edge) shows as a pattern there.
+inline std::string DescribeMismatch(const std::vector<float>& out, const std::vector<float>& ref,
+                                    int num_heads, int head_dim) {
+  double sum_sq = 0;
+  for (float r : ref) sum_sq += static_cast<double>(r) * r;
+  const double tolerance = 0.05 * std::sqrt(sum_sq / std::max<size_t>(ref.size(), 1));
+  const size_t width = static_cast<size_t>(num_heads) * static_cast<size_t>(head_dim);
+  std::vector<int> by_row(8, 0), by_dim(static_cast<size_t>((head_dim + 7) / 8), 0);
+  size_t bad = 0, nans = 0, first = ref.size();
+  for (size_t i = 0; i < ref.size() && i < out.size(); ++i) {
+    const bool nan = std::isnan(out[i]);
+    if (!nan && std::fabs(static_cast<double>(out[i]) - ref[i]) <= tolerance) continue;
+    nans += nan ? 1 : 0;
+    if (bad++ == 0) first = i;
+    ++by_row[(i / width) % 128 / 16];
+    ++by_dim[(i % width) % static_cast<size_t>(head_dim) / 8];
+  }
+  if (bad == 0) return "no element is off by more than 5% of the output's RMS";
+  auto list = [](const std::vector<int>& v) {
+    std::string s;
+    for (int x : v) s += (s.empty() ? "" : " ") + std::to_string(x);
+    return s;
+  };
+  return std::to_string(bad) + " of " + std::to_string(ref.size()) +
+         " elements off by more than 5% of the output's RMS (" + std::to_string(nans) +
+         " NaN); the first at row " + std::to_string(first / width) + ", head " +
+         std::to_string(first % width / static_cast<size_t>(head_dim)) + ", dim " +
+         std::to_string(first % static_cast<size_t>(head_dim)) + " (got " +
+         std::to_string(out[first]) + ", want " + std::to_string(ref[first]) +
+         "); by row mod 128 in blocks of 16: [" + list(by_row) + "]; by dim in blocks of 8: [" +
+         list(by_dim) + "]";
 }
 
 }  // namespace pdpool::testing
