@@ -12,15 +12,15 @@
 #   4. the peer: .device/peer_hf_llama.py on engine_bench's whole decode grid;
 #   5. engine_bench with the peer's JSON (table + JSON);
 #   6. kv_handoff_bench, when the bundle has it;
-#   7. the token sampler: bench/gpu/peer_torch_sampling.py (transformers' sampling on torch),
-#      then sampling_bench against it;
+#   7. with time left, the token sampler: bench/gpu/peer_torch_sampling.py (transformers'
+#      sampling on torch), then sampling_bench against it;
 #   8. with time left, engine_bench's decode batch 1 and prefill 8192 on the previous kernels
 #      (cuBLAS decode GEMMs, mma.sync prefill attention, no programmatic dependent launch).
 # Everything lands in $OUT (run.log with every step's full output, gpu_tests.xml, peer_hf.json,
 # engine_bench.json, kv_handoff.json when it writes one, engine_bench_baseline.json, summary.txt:
-# within the 8 files a call brings back; the sampler's table is in run.log and summary.txt) and a short summary table is printed last. Exit 0 when
-# the script ran to its end, whatever the steps' results (they are in the summary); 1 without
-# the bundle.
+# within the 8 files a call brings back; the sampler's table is in run.log and summary.txt), and
+# a short summary table is printed last. Exit 0 when the script ran to its end, whatever the
+# steps' results (they are in the summary); 1 without the bundle.
 set -u -o pipefail
 cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-/tmp/pdpool-device-out}
@@ -158,13 +158,14 @@ if [ -x "$BUNDLE/bin/kv_handoff_bench" ]; then
   if timeout 10 "$BUNDLE/bin/kv_handoff_bench" --help 2>&1 | grep -q -- "--json"; then
     KV_ARGS=(--json "$OUT/kv_handoff.json")
   fi
-  run_step kv_handoff 90 35 "$BUNDLE/bin/kv_handoff_bench" "${KV_ARGS[@]}"
+  run_step kv_handoff 90 5 "$BUNDLE/bin/kv_handoff_bench" "${KV_ARGS[@]}"
 else
   skip_step kv_handoff "no kv_handoff_bench in the bundle"
 fi
 
-# ---- 7. the token sampler against transformers' sampling on torch ----
-# Its JSON stays out of $OUT (a call brings back 8 files); the summary prints its table.
+# ---- 7. the token sampler against transformers' sampling on torch (only with time left) ----
+# After the targets' steps, which keep their reserves. Its JSON stays out of $OUT (a call brings
+# back 8 files); the summary prints its table.
 SAMPLING_JSON=/tmp/pdpool-sampling-bench.json
 rm -f "$SAMPLING_JSON" /tmp/pdpool-peer-sampling.json
 run_step peer_sampling 45 15 "$PY" bench/gpu/peer_torch_sampling.py \
