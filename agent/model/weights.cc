@@ -72,6 +72,7 @@ int64_t Product(const std::vector<int64_t>& shape) {
 }  // namespace
 
 int64_t Tensor::NumElements() const { return Product(shape); }
+int64_t WeightTensorShape::NumElements() const { return Product(shape); }
 
 std::vector<WeightTensorShape> WeightTensorShapes(const ModelConfig& config) {
   ModelWeights shapes_only;

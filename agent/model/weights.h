@@ -40,6 +40,8 @@ struct ModelWeights {
 struct WeightTensorShape {
   std::string name;
   std::vector<int64_t> shape;
+
+  int64_t NumElements() const;
 };
 // Every tensor of the model in checkpoint order: the embedding; per layer input_layernorm,
 // q_proj, k_proj, v_proj, o_proj, post_attention_layernorm, gate_proj, up_proj, down_proj; the

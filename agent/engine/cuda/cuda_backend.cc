@@ -301,10 +301,8 @@ class CudaBackend final : public Backend {
     int64_t total = 0;
     std::vector<std::pair<std::string, int64_t>> sizes;
     for (const WeightTensorShape& t : WeightTensorShapes(c)) {
-      int64_t n = 1;
-      for (int64_t d : t.shape) n *= d;
-      sizes.emplace_back(t.name, n);
-      total += n;
+      sizes.emplace_back(t.name, t.NumElements());
+      total += t.NumElements();
     }
     PDPOOL_RETURN_IF_NOT_OK(
         weights_.Allocate(static_cast<size_t>(total) * sizeof(bf16), "model weights"));

@@ -305,6 +305,7 @@ __device__ __forceinline__ void SampleBlock(const float* __restrict__ logits,
   // Kept: w > τ, plus the first ties_kept ids with w = τ. Without a nucleus, τ = 0 and
   // ties_kept = 0: every weight with a nonzero fixed-point weight.
   uint32_t tau = 0, ties_kept = 0;
+  uint64_t w_tau = 0;  // the fixed-point weight of τ
   if (p.top_p < 1.0f) {
     // need = ⌈top_p · total⌉, at least 1 (top_p ≤ 0 keeps the largest weight, as the CPU).
     const double wanted = ceil(static_cast<double>(p.top_p) * static_cast<double>(all.mass));
@@ -313,7 +314,7 @@ __device__ __forceinline__ void SampleBlock(const float* __restrict__ logits,
     uint64_t mass_above = 0;
     uint32_t ties = 0;
     tau = NucleusThreshold(w, vocab, all, my_count, need, shared, &mass_above, &ties);
-    const uint64_t w_tau = FixedWeight(tau);
+    w_tau = FixedWeight(tau);
     ties_kept = static_cast<uint32_t>(
         min(static_cast<uint64_t>(ties), max(uint64_t{1}, (need - mass_above + w_tau - 1) / w_tau)));
     // Per warp: the mass above τ and the ties at τ.
@@ -337,7 +338,6 @@ __device__ __forceinline__ void SampleBlock(const float* __restrict__ logits,
     shared.warp_ties[warp] = 0;
   }
   __syncthreads();
-  const uint64_t w_tau = FixedWeight(tau);
 
   // The warp whose kept range [prefix, prefix + kept) holds target = ⌊u · kept total⌋. The
   // ranges tile [0, total) exactly, so exactly one warp, then one lane, then one id claims it.
